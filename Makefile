@@ -1,0 +1,39 @@
+# mmfind developer commands. `make test` and `make demo` work on a fresh machine:
+# they create .venv and install everything first when needed.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.mmfind-installed
+MODEL  ?=
+DEMO_INDEX ?= $(CURDIR)/demo-index
+
+.PHONY: install test test-slow demo lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+demo: install
+	MMFIND_DEMO_MODEL="$(MODEL)" DEMO_INDEX="$(DEMO_INDEX)" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy mmfind
+
+format: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:
+	rm -rf $(DEMO_INDEX) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from mmfind.cli.app import main
+
+main()

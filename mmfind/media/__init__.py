@@ -1,0 +1,1 @@
+"""Decoding of media files into arrays. Decode only: no models, no storage."""
