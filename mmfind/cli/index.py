@@ -1,0 +1,166 @@
+"""`mmfind index`: scan folders and embed what is new or changed."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from mmfind import config
+from mmfind.cli.app import IndexOption, handles_errors
+from mmfind.cli.render import err_console, out_console, print_json, stderr_is_tty, use_table
+from mmfind.indexer import IndexOptions, IndexSummary, run_index
+from mmfind.media.image import DEFAULT_MAX_PIXELS
+from mmfind.store.catalog import display_path
+
+
+@handles_errors
+def index_command(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Folders or files to index. None: refresh every folder indexed before."
+        ),
+    ] = None,
+    index: IndexOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MMFIND_MODEL",
+            help="Image-text model: a preset (default, laion-b32, siglip2-b32, siglip-b16, "
+            "multilingual), open_clip ARCH:PRETRAINED, hf-hub:ORG/REPO, or ARCH:/path/to/"
+            "checkpoint. Default: the index's model, or 'default' for a new index.",
+            show_default=False,
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 32,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=0, help="Decode processes (0: decode in-process).", show_default=False),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Skip matching files/folders (glob; repeatable). Without '/': any name; "
+            "with '/': the path relative to the root."
+        ),
+    ] = None,
+    follow_symlinks: Annotated[
+        bool, typer.Option(help="Follow symbolic links (loops are detected).")
+    ] = False,
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            envvar="MMFIND_MAX_PIXELS", min=1, help="Refuse images with more pixels than this."
+        ),
+    ] = DEFAULT_MAX_PIXELS,
+    reembed: Annotated[
+        bool, typer.Option(help="Re-encode everything when --model differs from the index's.")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Retry files that failed before even if they did not change.")
+    ] = False,
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for another index run to finish.")
+    ] = 0.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no summary.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+) -> None:
+    """Index folders of photos (incremental: only new and changed files are read)."""
+    options = IndexOptions(
+        paths=paths or (),
+        model=model,
+        device=device,
+        batch_size=batch_size,
+        workers=config.default_workers() if workers is None else workers,
+        excludes=exclude or (),
+        follow_symlinks=follow_symlinks,
+        max_pixels=max_pixels,
+        reembed=reembed,
+        retry_failed=retry_failed,
+        wait_s=wait,
+    )
+    show_progress = stderr_is_tty() and not quiet
+    reporter = _ProgressReporter() if show_progress else None
+    with reporter.progress if reporter else nullcontext():
+        summary = run_index(config.index_dir(index), options, progress=reporter)
+    if json_output:
+        print_json(summary.counts())
+    elif not quiet:
+        _print_summary(summary)
+
+
+class _ProgressReporter:
+    def __init__(self) -> None:
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console(),
+            transient=True,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        labels = {
+            "scan": "Scanning",
+            "model": "Loading model",
+            "index": "Indexing",
+            "finish": "Saving search index",
+        }
+        task = self.tasks.get(phase)
+        if task is None:
+            for other in self.tasks.values():
+                self.progress.update(other, visible=False)
+            task = self.progress.add_task(labels.get(phase, phase), total=total, rate="")
+            self.tasks[phase] = task
+        self.progress.update(task, completed=done, total=total)
+        elapsed = self.progress.tasks[task].elapsed or 0.0
+        if phase == "index" and elapsed > 0.5 and done:
+            self.progress.update(task, rate=f"{done / elapsed:.1f}/s")
+
+
+def _print_summary(summary: IndexSummary) -> None:
+    console = out_console()
+    counts = summary.counts()
+    if use_table():
+        table = Table(title=f"Indexed in {summary.seconds:.1f} s with {summary.model}")
+        for key in counts:
+            table.add_column(key, justify="right")
+        table.add_row(*(str(v) for v in counts.values()))
+        console.print(table)
+    else:
+        console.print(" ".join(f"{k}={v}" for k, v in counts.items()))
+    errors = err_console()
+    if summary.failure_reasons:
+        reasons = ", ".join(f"{n}× {r}" for r, n in summary.failure_reasons.most_common(5))
+        errors.print(
+            f"{summary.failed} file(s) failed: {reasons} (`mmfind info --failures` lists them)",
+            markup=False,
+        )
+    for problem in summary.problems[:10]:
+        errors.print(
+            f"warning: {display_path(problem.path)}: {problem.reason} (its indexed files are kept)",
+            markup=False,
+        )
+    if len(summary.problems) > 10:
+        errors.print(f"warning: … and {len(summary.problems) - 10} more folder problems")

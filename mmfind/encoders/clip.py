@@ -1,0 +1,78 @@
+"""The image-text space, through open_clip."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmfind.media.image import ImageSpec
+
+SPACE = "clip"
+
+
+class OpenClipEncoder:
+    """An open_clip model in eval mode; fp16 on CUDA, fp32 elsewhere."""
+
+    space = SPACE
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Callable[[Sequence[str]], torch.Tensor],
+        model_id: str,
+        device: str,
+    ) -> None:
+        import open_clip
+
+        self.model_id = model_id
+        self.device = device
+        self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.tokenizer = tokenizer
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        size = cfg.get("size", 224)
+        size_hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.image_spec = ImageSpec(
+            size=size_hw,
+            resize_mode=str(cfg.get("resize_mode", "shortest")),
+            interpolation=str(cfg.get("interpolation", "bicubic")),
+            fill_color=int(cfg.get("fill_color", 0)),
+        )
+        mean = cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)
+        std = cfg.get("std", open_clip.OPENAI_DATASET_STD)
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+        with torch.inference_mode():
+            probe = self.model.encode_text(self.tokenizer(["a"]).to(device))
+        self.dim = int(probe.shape[-1])
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batch = torch.from_numpy(np.ascontiguousarray(pixels))
+        if self.device.startswith("cuda"):
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        x = batch.permute(0, 3, 1, 2).to(torch.float32)
+        x = ((x - self._mean) / self._std).to(self.dtype)
+        with torch.inference_mode():
+            features = self.model.encode_image(x)
+        return _unit(features)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with torch.inference_mode():
+            features = self.model.encode_text(tokens)
+        return _unit(features)
+
+
+def _unit(features: torch.Tensor) -> np.ndarray:
+    """float32 rows of length one (normalised in fp32 even when the model ran in fp16)."""
+    x = features.float()
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    result: np.ndarray = x.cpu().numpy().astype(np.float32, copy=False)
+    return result

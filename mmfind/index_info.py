@@ -1,0 +1,68 @@
+"""A description of an index, for `mmfind info` (and later `mmfind doctor`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmfind.encoders.clip import SPACE as CLIP_SPACE
+from mmfind.store.ann import AnnStore
+from mmfind.store.catalog import Catalog, FailureRow
+
+
+@dataclass
+class IndexInfo:
+    index: str
+    model: str | None
+    dim: int | None
+    files: int
+    items: int
+    kinds: dict[str, int]
+    spaces: dict[str, dict[str, object]]
+    failed: int
+    roots: list[str]
+    size_bytes: int
+    catalog_bytes: int
+    ann_bytes: int
+    last_run: float | None
+    schema: list[str]
+    failure_rows: list[FailureRow] = field(default_factory=list)
+
+
+def describe(index_dir: Path, *, with_failures: bool = False) -> IndexInfo:
+    catalog = Catalog.open(index_dir, create=False)
+    try:
+        spaces = catalog.spaces()
+        per_space = catalog.items_per_space()
+        clip = next((s for s in spaces if s.name == CLIP_SPACE), None)
+        files_by_kind, _ = catalog.counts_by_kind()
+        catalog_bytes = sum(
+            os.path.getsize(p)
+            for p in (catalog.path, Path(f"{catalog.path}-wal"), Path(f"{catalog.path}-shm"))
+            if p.exists()
+        )
+        ann_bytes = AnnStore(catalog, index_dir).size_bytes()
+        last = catalog.last_run()
+        return IndexInfo(
+            index=str(index_dir),
+            model=clip.model if clip else None,
+            dim=clip.dim if clip else None,
+            files=catalog.file_count(),
+            items=catalog.item_count(),
+            kinds=files_by_kind,
+            spaces={
+                s.name: {"model": s.model, "dim": s.dim, "items": per_space.get(s.name, 0)}
+                for s in spaces
+            },
+            failed=catalog.failure_count(),
+            roots=catalog.roots(),
+            size_bytes=catalog_bytes + ann_bytes,
+            catalog_bytes=catalog_bytes,
+            ann_bytes=ann_bytes,
+            last_run=(last[1] or last[0]) if last else None,
+            schema=catalog.applied_migrations(),
+            failure_rows=catalog.failures() if with_failures else [],
+        )
+    finally:
+        catalog.close()

@@ -1,0 +1,1 @@
+"""Storage: the SQLite catalog (the truth) and the hnswlib ANN cache."""
