@@ -252,11 +252,8 @@ class AnnStore:
         self.remove_stale_files()
 
     def in_force(self) -> set[str]:
-        return {
-            str(self.catalog.get_meta(f"ann.{s.name}.file"))
-            for s in self.catalog.spaces()
-            if self.catalog.get_meta(f"ann.{s.name}.file")
-        }
+        """The files the catalog's meta names (whatever space they belong to)."""
+        return self.catalog.meta_values(prefix="ann.", suffix=".file")
 
     def remove_stale_files(self) -> None:
         keep = self.in_force()

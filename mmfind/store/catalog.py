@@ -159,7 +159,7 @@ class Catalog:
     @classmethod
     def open(cls, index_dir: Path, *, create: bool) -> Catalog:
         path = index_dir / CATALOG_NAME
-        if not path.exists():
+        if not path.exists() or (not create and path.stat().st_size == 0):
             if not create:
                 raise EmptyIndexError(
                     f"no index at {index_dir}: run `mmfind index PATH` first "
@@ -250,6 +250,12 @@ class Catalog:
             "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
             (key, value),
         )
+
+    def meta_values(self, *, prefix: str, suffix: str) -> set[str]:
+        rows = self.conn.execute(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return {str(value) for key, value in rows if str(key).endswith(suffix)}
 
     def delete_meta_prefix(self, prefix: str) -> None:
         self.conn.execute("DELETE FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
