@@ -1,6 +1,7 @@
 """Reading, hashing and decoding files in worker processes.
 
-Workers import PIL and numpy only (never torch), so they start fast and stay small. A worker that
+Workers import the decoders only (PIL, PyAV, soundfile; never torch), so they start fast and
+stay small. A worker that
 dies (a decoder that aborts the process) costs one file: the tasks that were in flight are retried
 one at a time in a fresh pool, which pins the crash on the file that caused it.
 """
@@ -14,14 +15,33 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from mmfind.errors import MediaError
+from mmfind.media.audio import (
+    DEFAULT_MAX_DURATION_S,
+    AudioWindows,
+    decode_audio_file,
+    load_audio_stream,
+    window_audio,
+)
 from mmfind.media.image import DEFAULT_MAX_PIXELS, ImageSpec, prepare_image
+from mmfind.media.text import (
+    DEFAULT_CHUNK_TOKENS,
+    DEFAULT_CHUNK_WORDS,
+    DEFAULT_OVERLAP_WORDS,
+    decode_text_file,
+)
+from mmfind.media.video import DEFAULT_FRAME_INTERVAL_S, decode_video
+from mmfind.spaces import CLAP, CLIP
+from mmfind.store.catalog import ItemSpans
 
 HASH_BYTES = 16
+FULL_HASH_LIMIT = 32 * 1024 * 1024  # larger files are hashed by samples (see content_hash_file)
+_SAMPLE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -33,12 +53,27 @@ class DecodeTask:
 
 
 @dataclass
+class Payload:
+    """What one file gives one embedding space: pixels, audio windows or text chunks."""
+
+    space: str
+    modality: str  # "pixels" | "audio" | "text"
+    data: Any  # np.ndarray (N, H, W, 3) uint8 | np.ndarray (N, samples) float32 | list[str]
+    spans: ItemSpans = field(default_factory=ItemSpans)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+@dataclass
 class Decoded:
     task: DecodeTask
     digest: bytes
-    pixels: np.ndarray
-    width: int
-    height: int
+    payloads: list[Payload]
+    width: int | None = None
+    height: int | None = None
+    duration: float | None = None
+    warning: str | None = None  # only part of the file could be decoded (and was indexed)
 
 
 @dataclass
@@ -62,6 +97,11 @@ DecodeResult = Decoded | Known | Failed
 class DecodeConfig:
     spec: ImageSpec
     max_pixels: int = DEFAULT_MAX_PIXELS
+    frame_interval_s: float = DEFAULT_FRAME_INTERVAL_S
+    max_duration_s: float = DEFAULT_MAX_DURATION_S
+    text_words: int = DEFAULT_CHUNK_WORDS
+    text_overlap: int = DEFAULT_OVERLAP_WORDS
+    text_max_tokens: int = DEFAULT_CHUNK_TOKENS
 
 
 _config: DecodeConfig | None = None
@@ -75,8 +115,8 @@ def _init_worker(config: DecodeConfig, known: frozenset[bytes]) -> None:
 
 
 def _init_worker_process(config: DecodeConfig, known: frozenset[bytes]) -> None:
-    """Worker start: native decoders (LibRaw, libtiff) write to fd 2 directly; their noise
-    would tear the progress display, and every failure is reported through its result."""
+    """Worker start: native decoders (LibRaw, libtiff, FFmpeg) write to fd 2 directly; their
+    noise would tear the progress display, and every failure is reported through its result."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
@@ -87,18 +127,44 @@ def content_hash(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=HASH_BYTES).digest()
 
 
+def content_hash_file(path: str, size: int) -> bytes:
+    """The content hash of a file without holding it in memory. Files up to FULL_HASH_LIMIT are
+    hashed whole (equal to content_hash of their bytes); larger ones (videos, long recordings)
+    by their size and three 1 MiB samples (head, middle, tail), so a moved 4 GB video is
+    recognised without reading it all."""
+    digest = hashlib.blake2b(digest_size=HASH_BYTES)
+    with open(path, "rb") as fh:
+        if size <= FULL_HASH_LIMIT:
+            while chunk := fh.read(_SAMPLE):
+                digest.update(chunk)
+        else:
+            digest.update(b"sampled:%d:" % size)
+            for offset in (0, size // 2, size - _SAMPLE):
+                fh.seek(offset)
+                digest.update(fh.read(_SAMPLE))
+    return digest.digest()
+
+
 def decode_one(task: DecodeTask) -> DecodeResult:
-    """Read, hash and decode one file; every problem becomes a Failed with a reason."""
+    """Hash and decode one file; every problem becomes a Failed with a reason."""
     assert _config is not None, "worker not initialised"
     try:
-        data = _read_stable(task)
-        if not data:
+        _check_unchanged(task, os.stat(task.path), "changed since it was scanned")
+        if task.size == 0:
             return Failed(task, "empty file")
-        digest = content_hash(data)
-        if digest in _known:
-            return Known(task, digest)
-        prepared = prepare_image(data, _config.spec, max_pixels=_config.max_pixels, name=task.path)
-        return Decoded(task, digest, prepared.pixels, prepared.width, prepared.height)
+        if task.kind == "image":
+            data = _read_stable(task)
+            digest = content_hash(data)
+            if digest in _known:
+                return Known(task, digest)
+            result = _decode_image(task, digest, data, _config)
+        else:
+            digest = content_hash_file(task.path, task.size)
+            if digest in _known:
+                return Known(task, digest)
+            result = _DECODERS[task.kind](task, digest, _config)
+        _check_unchanged(task, os.stat(task.path), "changed while being read")
+        return result
     except MediaError as exc:
         return Failed(task, exc.reason)
     except _Changed as exc:
@@ -109,19 +175,84 @@ def decode_one(task: DecodeTask) -> DecodeResult:
         return Failed(task, f"decoder error: {type(exc).__name__}: {exc}")
 
 
+def _decode_image(task: DecodeTask, digest: bytes, data: bytes, cfg: DecodeConfig) -> Decoded:
+    prepared = prepare_image(data, cfg.spec, max_pixels=cfg.max_pixels, name=task.path)
+    payload = Payload(CLIP, "pixels", prepared.pixels[np.newaxis])
+    return Decoded(task, digest, [payload], prepared.width, prepared.height)
+
+
+def _decode_video(task: DecodeTask, digest: bytes, cfg: DecodeConfig) -> Decoded:
+    video = decode_video(
+        task.path,
+        cfg.spec,
+        interval_s=cfg.frame_interval_s,
+        max_duration_s=cfg.max_duration_s,
+        threads=1,  # one process per core already
+    )
+    ends = [min(t + cfg.frame_interval_s, max(video.duration, t)) for t in video.times]
+    payloads = [
+        Payload(
+            CLIP, "pixels", video.frames, ItemSpans(times=list(zip(video.times, ends, strict=True)))
+        )
+    ]
+    if video.has_audio:
+        sound = _video_sound(task.path, cfg)
+        if sound is not None:
+            payloads.append(Payload(CLAP, "audio", sound.windows, ItemSpans(times=sound.spans)))
+    return Decoded(task, digest, payloads, video.width, video.height, video.duration, video.warning)
+
+
+def _video_sound(path: str, cfg: DecodeConfig) -> AudioWindows | None:
+    """The sound track's windows; a silent or undecodable track leaves the video its frames."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            stream = container.streams.audio[0]
+            samples, duration = load_audio_stream(
+                container, stream, max_duration_s=cfg.max_duration_s
+            )
+        return window_audio(samples, duration=duration)
+    except (MediaError, av.error.FFmpegError, IndexError, ValueError):
+        return None
+
+
+def _decode_audio(task: DecodeTask, digest: bytes, cfg: DecodeConfig) -> Decoded:
+    sound = decode_audio_file(task.path, max_duration_s=cfg.max_duration_s)
+    payload = Payload(CLAP, "audio", sound.windows, ItemSpans(times=sound.spans))
+    return Decoded(task, digest, [payload], duration=sound.duration)
+
+
+def _decode_text(task: DecodeTask, digest: bytes, cfg: DecodeConfig) -> Decoded:
+    chunks = decode_text_file(
+        task.path, words=cfg.text_words, overlap=cfg.text_overlap, max_tokens=cfg.text_max_tokens
+    )
+    spans = ItemSpans(lines=[(c.line_start, c.line_end) for c in chunks])
+    return Decoded(task, digest, [Payload(CLIP, "text", [c.text for c in chunks], spans)])
+
+
+_DECODERS: dict[str, Callable[[DecodeTask, bytes, DecodeConfig], Decoded]] = {
+    "video": _decode_video,
+    "audio": _decode_audio,
+    "text": _decode_text,
+}
+
+
 class _Changed(Exception):
     pass
 
 
+def _check_unchanged(task: DecodeTask, st: os.stat_result, what: str) -> None:
+    if (st.st_size, st.st_mtime_ns) != (task.size, task.mtime_ns):
+        raise _Changed(f"{what}; deferred to the next run")
+
+
 def _read_stable(task: DecodeTask) -> bytes:
-    """The file's bytes, provided it is the same file the scan saw before and after reading."""
-    before = os.stat(task.path)
-    if (before.st_size, before.st_mtime_ns) != (task.size, task.mtime_ns):
-        raise _Changed("changed since it was scanned; deferred to the next run")
+    """The file's bytes, provided it is the same file the scan saw, before and after reading."""
     with open(task.path, "rb") as fh:
         data = fh.read()
-        after = os.fstat(fh.fileno())
-    if (after.st_size, after.st_mtime_ns) != (task.size, task.mtime_ns) or len(data) != task.size:
+        _check_unchanged(task, os.fstat(fh.fileno()), "changed while being read")
+    if len(data) != task.size:
         raise _Changed("changed while being read; deferred to the next run")
     return data
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmfind.encoders.clip import SPACE as CLIP_SPACE
+from mmfind.spaces import CLIP as CLIP_SPACE
 from mmfind.store.ann import AnnStore
 from mmfind.store.catalog import Catalog, FailureRow
 
@@ -18,7 +18,8 @@ class IndexInfo:
     dim: int | None
     files: int
     items: int
-    kinds: dict[str, int]
+    kinds: dict[str, int]  # files per kind
+    items_by_kind: dict[str, int]
     spaces: dict[str, dict[str, object]]
     failed: int
     roots: list[str]
@@ -36,10 +37,11 @@ def describe(index_dir: Path, *, with_failures: bool = False) -> IndexInfo:
         spaces = catalog.spaces()
         per_space = catalog.items_per_space()
         clip = next((s for s in spaces if s.name == CLIP_SPACE), None)
-        files_by_kind, _ = catalog.counts_by_kind()
+        files_by_kind, items_by_kind = catalog.counts_by_kind()
         catalog_bytes = sum(
             os.path.getsize(p)
-            for p in (catalog.path, Path(f"{catalog.path}-wal"), Path(f"{catalog.path}-shm"))
+            # the -shm file is a shared-memory index of the WAL, not data: leave it out
+            for p in (catalog.path, Path(f"{catalog.path}-wal"))
             if p.exists()
         )
         ann_bytes = AnnStore(catalog, index_dir).size_bytes()
@@ -51,6 +53,7 @@ def describe(index_dir: Path, *, with_failures: bool = False) -> IndexInfo:
             files=catalog.file_count(),
             items=catalog.item_count(),
             kinds=files_by_kind,
+            items_by_kind=items_by_kind,
             spaces={
                 s.name: {"model": s.model, "dim": s.dim, "items": per_space.get(s.name, 0)}
                 for s in spaces

@@ -1,4 +1,4 @@
-"""One index run: scan, diff against the catalog, decode, encode, store, refresh the ANN.
+"""One index run: scan, diff against the catalog, decode, encode, store, refresh the ANN files.
 
 Progress flows out through a callback; errors flow out as typed exceptions; per-file problems
 become recorded failures and never stop the run.
@@ -17,13 +17,24 @@ from typing import Any
 
 import numpy as np
 
-from mmfind.config import DEFAULT_MODEL, default_workers
-from mmfind.decode import DecodeConfig, Decoded, DecodePool, DecodeResult, DecodeTask, Failed, Known
-from mmfind.encoders.clip import SPACE as CLIP_SPACE
-from mmfind.encoders.presets import canonical_model, load_image_encoder
-from mmfind.errors import ModelMismatchError, UsageError
+from mmfind.config import default_workers
+from mmfind.decode import (
+    DecodeConfig,
+    Decoded,
+    DecodePool,
+    DecodeResult,
+    DecodeTask,
+    Failed,
+    Known,
+    Payload,
+)
+from mmfind.errors import ModelError, UsageError
+from mmfind.media.audio import DEFAULT_MAX_DURATION_S
 from mmfind.media.image import DEFAULT_MAX_PIXELS
+from mmfind.media.video import DEFAULT_FRAME_INTERVAL_S
+from mmfind.models import Models
 from mmfind.scan import ScanProblem, is_within, scan
+from mmfind.spaces import CLAP, CLIP, SPACES
 from mmfind.store.ann import AnnStore
 from mmfind.store.catalog import Catalog, FileRow
 from mmfind.store.lock import writer_lock
@@ -32,18 +43,27 @@ Progress = Callable[[str, int, "int | None"], None]
 """progress(phase, done, total): phases are scan, model, index, finish."""
 
 SUMMARY_KEYS = ("scanned", "new", "updated", "moved", "removed", "unchanged", "failed")
+RETRY_MTIME = -1
+_ENCODE_METHOD = {
+    "pixels": "encode_images",
+    "audio": "encode_audio",
+    "text": "encode_texts",
+}  # a file row or failure with this mtime is read again by the next run
 
 
 @dataclass
 class IndexOptions:
     paths: Sequence[str] = ()
     model: str | None = None
+    audio_model: str | None = None
     device: str = "auto"
     batch_size: int = 32
     workers: int = field(default_factory=default_workers)
     excludes: Sequence[str] = ()
     follow_symlinks: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    frame_interval_s: float = DEFAULT_FRAME_INTERVAL_S
+    max_duration_s: float = DEFAULT_MAX_DURATION_S
     reembed: bool = False
     retry_failed: bool = False
     wait_s: float = 0.0
@@ -60,9 +80,14 @@ class IndexSummary:
     failed: int = 0
     failure_reasons: Counter[str] = field(default_factory=Counter)
     problems: list[ScanProblem] = field(default_factory=list)
-    model: str = ""
+    notes: list[str] = field(default_factory=list)
+    models: dict[str, str] = field(default_factory=dict)
     roots: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def model(self) -> str:
+        return self.models.get(CLIP, "")
 
     def counts(self) -> dict[str, int]:
         return {key: int(getattr(self, key)) for key in SUMMARY_KEYS}
@@ -73,18 +98,20 @@ def run_index(
     options: IndexOptions,
     *,
     progress: Progress | None = None,
-    encoder: Any | None = None,
+    encoders: dict[str, Any] | None = None,
 ) -> IndexSummary:
     """Index `options.paths` (or every known root) into the index at `index_dir`.
 
-    `encoder` lets a caller (tests, benchmarks) pass an already loaded encoder."""
+    `encoders` lets a caller (tests, benchmarks) pass already loaded encoders by space."""
     started = time.monotonic()
     report = progress or (lambda phase, done, total: None)
+    missing = [p for p in options.paths if not os.path.exists(os.path.expanduser(p))]
+    if missing:  # before anything is created: a typo must not leave an empty index behind
+        raise UsageError(f"no such file or directory: {missing[0]}")
     with writer_lock(index_dir, wait_s=options.wait_s):
         catalog = Catalog.open(index_dir, create=True)
         try:
-            run = _Run(catalog, index_dir, options, report, encoder)
-            summary = run.execute()
+            summary = _Run(catalog, index_dir, options, report, encoders or {}).execute()
         finally:
             catalog.close()
     summary.seconds = time.monotonic() - started
@@ -98,24 +125,33 @@ class _Run:
         index_dir: Path,
         options: IndexOptions,
         report: Progress,
-        encoder: Any | None,
+        encoders: dict[str, Any],
     ) -> None:
         self.catalog = catalog
         self.index_dir = index_dir
         self.options = options
         self.report = report
-        self.encoder = encoder
         self.ann = AnnStore(catalog, index_dir)
+        self.models = Models(
+            catalog,
+            self.ann,
+            image_model=options.model,
+            audio_model=options.audio_model,
+            device=options.device,
+            reembed=options.reembed,
+            preloaded=encoders,
+            on_load=lambda: report("model", 0, None),
+        )
         self.summary = IndexSummary()
-        self.model_id = ""
         self.rows: dict[str, FileRow] = {}
         self.gone_by_hash: dict[bytes, list[FileRow]] = {}
+        self.unavailable: dict[str, str] = {}  # space -> why its model could not be loaded
+        self.skipped_sound = 0
 
     # -- the run -----------------------------------------------------------------------------
     def execute(self) -> IndexSummary:
         catalog = self.catalog
-        self.model_id = self._resolve_model()
-        self.summary.model = self.model_id
+        self.models.resolve()
         roots = self._roots()
         self.summary.roots = roots
         run_id = catalog.start_run()
@@ -130,10 +166,10 @@ class _Run:
         self.summary.problems = list(scanned.problems)
         self.summary.scanned = len(scanned.files)
 
-        all_rows = catalog.all_files()
-        self.rows = {p: r for p, r in all_rows.items() if any(is_within(p, r_) for r_ in roots)}
+        under_roots = catalog.all_files()
+        self.rows = {p: r for p, r in under_roots.items() if any(is_within(p, x) for x in roots)}
         failures = {
-            f.path: f for f in catalog.failures() if any(is_within(f.path, r_) for r_ in roots)
+            f.path: f for f in catalog.failures() if any(is_within(f.path, x) for x in roots)
         }
         seen = {rec.path for rec in scanned.files}
 
@@ -156,9 +192,9 @@ class _Run:
         def kept(path: str) -> bool:
             return path in seen or any(is_within(path, d) for d in scanned.incomplete)
 
-        gone = [row for path, row in self.rows.items() if not kept(path)]
-        for row in gone:
-            self.gone_by_hash.setdefault(row.hash, []).append(row)
+        for row in self.rows.values():
+            if not kept(row.path):
+                self.gone_by_hash.setdefault(row.hash, []).append(row)
 
         if tasks:
             self._process(tasks)
@@ -169,14 +205,15 @@ class _Run:
             catalog.delete_files(leftover)
             catalog.clear_failures(vanished_failures)
         self.summary.removed = len(leftover)
+        self._note_unavailable_models()
 
         self.report("finish", 0, None)
-        space = catalog.space(CLIP_SPACE)
-        if space is not None and not self.ann.is_current(space.name, space.dim, space.model):
-            self.ann.sync(space.name, space.dim, space.model)
-        now = time.time()
+        for space in catalog.spaces():
+            if not self.ann.is_current(space.name, space.dim, space.model):
+                self.ann.sync(space.name, space.dim, space.model)
+        self.summary.models = {s.name: s.model for s in catalog.spaces()}
         with catalog.atomic():
-            catalog.mark_roots_indexed(roots, now)
+            catalog.mark_roots_indexed(roots, time.time())
             catalog.finish_run(run_id, json.dumps(self.summary.counts()))
         return self.summary
 
@@ -184,47 +221,9 @@ class _Run:
         self.summary.failed += 1
         self.summary.failure_reasons[_reason_class(reason)] += 1
 
-    # -- model -------------------------------------------------------------------------------
-    def _resolve_model(self) -> str:
-        space = self.catalog.space(CLIP_SPACE)
-        requested = canonical_model(self.options.model) if self.options.model else None
-        if space is None:
-            return requested or canonical_model(DEFAULT_MODEL)
-        if requested is None or requested == space.model:
-            return space.model
-        if not self.options.reembed:
-            raise ModelMismatchError(
-                f"this index was built with {space.model}; you asked for {requested}. "
-                "Vectors of two models never mix: pass --reembed to re-encode everything with "
-                f"{requested}, or use another --index"
-            )
-        # Load the new model before dropping anything: a failed download must cost nothing.
-        self._encoder()
-        self.catalog.reset_space(CLIP_SPACE)
-        self.ann.drop(CLIP_SPACE)
-        return requested
-
-    def _encoder(self) -> Any:
-        if self.encoder is None:
-            self.report("model", 0, None)
-            model_id = self.model_id or canonical_model(self.options.model or DEFAULT_MODEL)
-            self.encoder = load_image_encoder(model_id, self.options.device)
-        if self.model_id and self.encoder.model_id != self.model_id:
-            raise ModelMismatchError(
-                f"encoder {self.encoder.model_id} does not match the index model {self.model_id}"
-            )
-        space = self.catalog.space(CLIP_SPACE)
-        if space is None:
-            with self.catalog.atomic():
-                self.catalog.set_space(CLIP_SPACE, self.encoder.model_id, self.encoder.dim)
-        return self.encoder
-
     def _roots(self) -> list[str]:
         if self.options.paths:
             roots = sorted({os.path.abspath(os.path.expanduser(p)) for p in self.options.paths})
-            missing = [r for r in roots if not os.path.exists(r)]
-            if missing:
-                raise UsageError(f"no such file or directory: {missing[0]}")
             with self.catalog.atomic():
                 self.catalog.add_roots(roots)
             return roots
@@ -233,54 +232,132 @@ class _Run:
             raise UsageError("nothing to index yet: run `mmfind index PATH...` with a folder")
         return roots
 
+    def _note_unavailable_models(self) -> None:
+        for space, why in self.unavailable.items():
+            what = "audio" if space == CLAP else "image-text"
+            self.summary.notes.append(
+                f"the {what} model could not be loaded ({why}); {self.skipped_sound} file(s) "
+                "were indexed without it and will be completed by the next run"
+            )
+
     # -- decoding and encoding ---------------------------------------------------------------
     def _process(self, tasks: list[DecodeTask]) -> None:
-        encoder = self._encoder()
-        config = DecodeConfig(encoder.image_spec, self.options.max_pixels)
-        known = self.catalog.known_hashes(CLIP_SPACE)
-        batch: list[Decoded] = []
+        clip = self.models.encoder(CLIP)  # its input size shapes what the workers produce
+        config = DecodeConfig(
+            clip.image_spec,
+            self.options.max_pixels,
+            frame_interval_s=self.options.frame_interval_s,
+            max_duration_s=self.options.max_duration_s,
+            text_max_tokens=max(16, int(clip.context_length) - 5),  # room for start/end marks
+        )
+        known = set().union(*(self.catalog.known_hashes(s) for s in SPACES))
+        pending: list[Decoded] = []
+        pending_items = 0
         done = 0
         total = len(tasks)
         self.report("index", 0, total)
-        workers = min(self.options.workers, total)
-        with DecodePool(config, known, workers=workers) as pool:
+        with DecodePool(config, known, workers=min(self.options.workers, total)) as pool:
             for result in pool.run(tasks):
                 if isinstance(result, Decoded):
-                    batch.append(result)
-                    if len(batch) >= self.options.batch_size:
-                        done += self._store_batch(batch)
-                        batch = []
+                    pending.append(result)
+                    pending_items += sum(len(p) for p in result.payloads)
+                    if pending_items >= self.options.batch_size:
+                        done += self._store_decoded(pending)
+                        pending, pending_items = [], 0
                 else:
                     self._store_other(result)
                     done += 1
                 self.report("index", done, total)
-            if batch:
-                done += self._store_batch(batch)
+            if pending:
+                done += self._store_decoded(pending)
                 self.report("index", done, total)
 
-    def _store_batch(self, batch: list[Decoded]) -> int:
-        vectors = self._encoder().encode_images(np.stack([d.pixels for d in batch]))
+    def _encode(self, payloads: list[Payload]) -> list[np.ndarray]:
+        """Vectors for each payload, encoded in batches per space and modality."""
+        out: list[np.ndarray | None] = [None] * len(payloads)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, payload in enumerate(payloads):
+            groups.setdefault((payload.space, payload.modality), []).append(i)
+        for (space, modality), indexes in groups.items():
+            encoder = self.models.encoder(space)
+            encode: Callable[[Any], np.ndarray] = getattr(encoder, _ENCODE_METHOD[modality])
+            if modality == "text":
+                inputs: Any = [t for i in indexes for t in payloads[i].data]
+            else:
+                inputs = np.concatenate([payloads[i].data for i in indexes])
+            step = self.options.batch_size
+            vectors = np.concatenate(
+                [encode(inputs[s : s + step]) for s in range(0, len(inputs), step)]
+            )
+            offset = 0
+            for i in indexes:
+                n = len(payloads[i])
+                out[i] = vectors[offset : offset + n]
+                offset += n
+        return [v for v in out if v is not None]
+
+    def _usable(self, decoded: Decoded) -> tuple[list[Payload], bool]:
+        """The payloads whose space has a model; and whether one had to be left out."""
+        usable = []
+        dropped = False
+        for payload in decoded.payloads:
+            if payload.space in self.unavailable:
+                dropped = True
+                continue
+            try:
+                self.models.encoder(payload.space)
+            except ModelError as exc:
+                if payload.space == CLIP:
+                    raise  # nothing can be indexed without the image-text model
+                self.unavailable[payload.space] = str(exc)
+                dropped = True
+                continue
+            usable.append(payload)
+        return usable, dropped
+
+    def _store_decoded(self, batch: list[Decoded]) -> int:
+        plans = []
+        for decoded in batch:
+            payloads, dropped = self._usable(decoded)
+            if dropped:
+                self.skipped_sound += 1
+            plans.append((decoded, payloads, dropped))
+        flat = [p for _, payloads, _ in plans for p in payloads]
+        vectors = iter(self._encode(flat))
         catalog = self.catalog
         with catalog.atomic():
-            for decoded, vector in zip(batch, vectors, strict=True):
+            for decoded, payloads, dropped in plans:
                 task = decoded.task
+                if not payloads:  # only a space whose model is unavailable: retry next run
+                    reason = f"{payloads_space_name(decoded)} model unavailable"
+                    catalog.record_failure(task.path, task.kind, task.size, RETRY_MTIME, reason)
+                    self._count_failure(reason)
+                    continue
+                mtime = RETRY_MTIME if dropped else task.mtime_ns
                 row = self.rows.get(task.path)
                 if row is None:
                     file_id = catalog.insert_file(
-                        task.path, task.kind, task.size, task.mtime_ns, decoded.digest,
-                        decoded.width, decoded.height,
+                        task.path, task.kind, task.size, mtime, decoded.digest,
+                        decoded.width, decoded.height, decoded.duration,
                     )  # fmt: skip
                     self.summary.new += 1
                 else:
                     file_id = row.id
                     catalog.delete_items_of_file(file_id)
                     catalog.update_file(
-                        file_id, path=task.path, size=task.size, mtime_ns=task.mtime_ns,
+                        file_id, path=task.path, size=task.size, mtime_ns=mtime,
                         digest=decoded.digest, width=decoded.width, height=decoded.height,
+                        duration=decoded.duration,
                     )  # fmt: skip
                     self.summary.updated += 1
-                catalog.insert_items(file_id, CLIP_SPACE, vector.reshape(1, -1))
-            catalog.clear_failures(d.task.path for d in batch)
+                for payload in payloads:
+                    catalog.insert_items(file_id, payload.space, next(vectors), payload.spans)
+                catalog.clear_failures([task.path])
+                if decoded.warning:  # indexed, but not all of it: keep the reason visible
+                    catalog.record_failure(
+                        task.path, task.kind, task.size, task.mtime_ns,
+                        f"partly indexed: {decoded.warning}",
+                    )  # fmt: skip
         return len(batch)
 
     def _store_other(self, result: DecodeResult) -> None:
@@ -315,23 +392,28 @@ class _Run:
                 )  # fmt: skip
                 self.summary.moved += 1
             else:
-                source = catalog.files_with_hash(digest, CLIP_SPACE)[0]
-                width, height = catalog.file_dimensions(source.id)
+                source = catalog.files_with_hash(digest)[0]
+                width, height, duration = catalog.file_dimensions(source.id)
                 if row is None:
                     file_id = catalog.insert_file(
-                        task.path, task.kind, task.size, task.mtime_ns, digest, width, height
-                    )
+                        task.path, task.kind, task.size, task.mtime_ns, digest, width, height,
+                        duration,
+                    )  # fmt: skip
                     self.summary.new += 1
                 else:
                     file_id = row.id
                     catalog.delete_items_of_file(file_id)
                     catalog.update_file(
                         file_id, path=task.path, size=task.size, mtime_ns=task.mtime_ns,
-                        digest=digest, width=width, height=height,
+                        digest=digest, width=width, height=height, duration=duration,
                     )  # fmt: skip
                     self.summary.updated += 1
                 catalog.copy_items(source.id, file_id)
             catalog.clear_failures([task.path])
+
+
+def payloads_space_name(decoded: Decoded) -> str:
+    return "audio" if all(p.space == CLAP for p in decoded.payloads) else "image-text"
 
 
 def _reason_class(reason: str) -> str:

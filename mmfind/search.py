@@ -1,87 +1,159 @@
-"""Queries: build one vector from text and images, search the ANN (plus what it does not cover
-yet), join hits back to live catalog rows, filter, group by file and rank."""
+"""Queries: one vector per embedding space from text, images and audio; nearest items per space
+(ANN plus what it does not cover yet); hits joined to live catalog rows and filtered; spaces
+merged by a calibrated score; grouped by file; ranked.
+
+Calibration. Raw cosines are not comparable across models (a CLAP text-audio match of 0.3 may be
+excellent while a CLIP text-image 0.3 is ordinary), nor across modalities inside one space (a
+text query is far closer to any text chunk than to any photo in CLIP space). So results come
+from populations — (space, group) pairs: clip/text (text-file chunks), clip/visual (images and
+video frames), clap/sound (audio and video sound tracks) — and when a query reaches more than one
+population, each hit's cosine is standardised against its population's distribution of scores
+for the same query vector: z = (cosine - median) / scale, over a fixed, evenly spread sample of
+up to 1000 items of that population, with scale = 1.4826 × the median absolute deviation (the
+robust estimate of a standard deviation: the strong matches themselves do not inflate it), and
+at least MIN_SCALE. Results are merged by z; the reported `score` is then z and the raw cosine
+stays available. With one population, `score` is the cosine.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mmfind.encoders.clip import SPACE as CLIP_SPACE
-from mmfind.encoders.presets import load_image_encoder
 from mmfind.errors import EmptyIndexError, IndexBusyError, InputError, MediaError, UsageError
 from mmfind.media.image import DEFAULT_MAX_PIXELS, prepare_image
+from mmfind.media.kinds import KINDS
+from mmfind.models import Models
+from mmfind.spaces import CLAP, CLIP
 from mmfind.store.ann import AnnIndex, AnnStore, build_from_catalog
 from mmfind.store.catalog import Catalog, ItemHit, SpaceInfo
 from mmfind.store.lock import writer_lock
 
 EXACT_FILTER_LIMIT = 50_000  # filtered searches over at most this many items are exact
+CALIBRATION_SAMPLE = 1000
+MIN_SCALE = 0.01  # cosine spread below which a population is treated as this spread
+QUERY_AUDIO_MAX_S = 60.0  # a query sound is described by its first minute
+
+SPACE_KINDS = {CLIP: ("image", "video", "text"), CLAP: ("audio", "video")}
+# populations whose scores are calibrated separately: (space, group) -> kinds of file
+POPULATIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    (CLIP, "visual"): ("image", "video"),
+    (CLIP, "text"): ("text",),
+    (CLAP, "sound"): ("audio", "video"),
+}
 
 
 @dataclass
 class Query:
     text: str | None = None
     images: Sequence[str] = ()
+    audios: Sequence[str] = ()
     negatives: Sequence[str] = ()
     text_weight: float = 1.0
     image_weight: float = 1.0
+    audio_weight: float = 1.0
     not_weight: float = 0.5
     limit: int = 10
     within: Sequence[str] = ()
     kinds: Sequence[str] = ()
     min_score: float | None = None
+    all_moments: bool = False
+
+    @property
+    def has_text(self) -> bool:
+        return bool(self.text and self.text.strip())
 
 
 @dataclass
 class Result:
     rank: int
-    score: float
+    score: float  # calibrated when several spaces were searched, else the cosine
+    cosine: float
     hit: ItemHit
 
 
 @dataclass
 class Response:
     results: list[Result]
-    model: str
-    searched_items: int
+    models: dict[str, str]
+    spaces: list[str]
+    calibrated: bool
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.models.get(CLIP) or next(iter(self.models.values()), "")
 
 
 def validate(query: Query) -> None:
-    if not (query.text and query.text.strip()) and not query.images:
-        raise UsageError("nothing to search for: give TEXT and/or --image PATH")
+    if not query.has_text and not query.images and not query.audios:
+        raise UsageError("nothing to search for: give TEXT, --image PATH and/or --audio PATH")
     if query.limit < 1:
         raise UsageError("--limit must be at least 1")
-    for path in query.images:
-        if not os.path.isfile(path):
-            raise InputError(f"query image not found: {path}")
+    for kind in query.kinds:
+        if kind not in KINDS:
+            raise UsageError(f"--type must be one of {', '.join(KINDS)}, not {kind!r}")
+    for what, paths in (("image", query.images), ("audio", query.audios)):
+        for path in paths:
+            if not os.path.isfile(path):
+                raise InputError(f"query {what} not found: {path}")
 
 
-def query_vector(encoder: Any, query: Query, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Weighted sum of unit vectors: text and the mean of the images, minus the --not texts."""
+def wanted_spaces(query: Query) -> list[str]:
+    """The spaces this query has something to say to, narrowed by --type."""
+    spaces = []
+    if query.has_text or query.images:
+        spaces.append(CLIP)
+    if query.has_text or query.audios:
+        spaces.append(CLAP)
+    if query.kinds:
+        spaces = [s for s in spaces if set(SPACE_KINDS[s]) & set(query.kinds)]
+    return spaces
+
+
+def query_vector(encoder: Any, space: str, query: Query) -> np.ndarray:
+    """Weighted sum of unit vectors: the text, the mean of the examples, minus the --not texts."""
     parts: list[np.ndarray] = []
-    if query.text and query.text.strip():
+    if query.has_text:
         parts.append(query.text_weight * encoder.encode_texts([query.text])[0])
-    if query.images:
-        pixels = []
-        for path in query.images:
-            try:
-                pixels.append(prepare_image(path, encoder.image_spec, max_pixels=max_pixels).pixels)
-            except MediaError as exc:
-                raise InputError(f"cannot use query image {path}: {exc.reason}") from exc
-            except OSError as exc:
-                raise InputError(f"cannot read query image {path}: {exc.strerror}") from exc
-        image_vectors = encoder.encode_images(np.stack(pixels))
-        parts.append(query.image_weight * _unit(image_vectors.mean(axis=0)))
+    if space == CLIP and query.images:
+        pixels = [_query_image(encoder, p) for p in query.images]
+        parts.append(query.image_weight * _unit(encoder.encode_images(np.stack(pixels)).mean(0)))
+    if space == CLAP and query.audios:
+        windows = np.concatenate([_query_audio(p) for p in query.audios])
+        parts.append(query.audio_weight * _unit(encoder.encode_audio(windows).mean(0)))
+    if not parts:
+        raise UsageError(f"nothing in this query can be searched in the {space} space")
     vector = np.sum(parts, axis=0)
     if query.negatives:
         negative = encoder.encode_texts(list(query.negatives)).mean(axis=0)
         vector = vector - query.not_weight * _unit(negative)
     return _unit(vector)
+
+
+def _query_image(encoder: Any, path: str) -> np.ndarray:
+    try:
+        return prepare_image(path, encoder.image_spec, max_pixels=DEFAULT_MAX_PIXELS).pixels
+    except MediaError as exc:
+        raise InputError(f"cannot use query image {path}: {exc.reason}") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read query image {path}: {exc.strerror}") from exc
+
+
+def _query_audio(path: str) -> np.ndarray:
+    from mmfind.media.audio import decode_audio_file
+
+    try:
+        return decode_audio_file(path, max_duration_s=QUERY_AUDIO_MAX_S).windows
+    except MediaError as exc:
+        raise InputError(f"cannot use query audio {path}: {exc.reason}") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read query audio {path}: {exc.strerror}") from exc
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -92,33 +164,102 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def run_query(
-    index_dir: Path, query: Query, *, device: str = "auto", encoder: Any | None = None
+    index_dir: Path,
+    query: Query,
+    *,
+    device: str = "auto",
+    encoders: dict[str, Any] | None = None,
 ) -> Response:
-    """Answer a query against the index at index_dir with the model that built it."""
+    """Answer a query against the index at index_dir with the models that built it."""
     validate(query)
     catalog = Catalog.open(index_dir, create=False)
     try:
-        space = catalog.space(CLIP_SPACE)
-        live = catalog.item_count(CLIP_SPACE) if space is not None else 0
-        if space is None or live == 0:
+        per_space = catalog.items_per_space()
+        if not any(per_space.values()):
             raise EmptyIndexError(f"the index at {index_dir} is empty: run `mmfind index PATH`")
-        if encoder is None:
-            encoder = load_image_encoder(space.model, device)
-        vector = query_vector(encoder, query)
-        searcher = Searcher(catalog, index_dir, space)
-        exclude = _own_paths(query.images)
-        results = searcher.search(vector, query, exclude=exclude)
-        return Response(results, space.model, live, searcher.notes)
+        infos = {s.name: s for s in catalog.spaces() if per_space.get(s.name)}
+        targets = [s for s in wanted_spaces(query) if s in infos]
+        if query.audios and CLAP not in infos:
+            raise InputError("--audio: this index holds no audio (index audio or video files)")
+        if query.images and CLIP not in infos:
+            raise InputError("--image: this index holds no images, video or text")
+        models = Models(catalog, None, device=device, preloaded=encoders)
+        models.ids = {name: info.model for name, info in infos.items()}
+        exclude = _own_paths([*query.images, *query.audios])
+        populations = _populations(catalog, targets, query)
+        calibrated = len(populations) > 1
+        merged: list[tuple[float, float, ItemHit]] = []
+        notes: list[str] = []
+        searchers = {s: Searcher(catalog, index_dir, infos[s]) for s in targets}
+        vectors: dict[str, np.ndarray] = {}
+        for space, kinds in populations:
+            if space not in vectors:
+                encoder = models.encoder(space, declare=False)
+                vectors[space] = query_vector(encoder, space, query)
+            scoped = replace(query, kinds=kinds)
+            scored = searchers[space].search(vectors[space], scoped, exclude=exclude)
+            mean, std = (
+                _calibration(catalog, space, kinds, vectors[space]) if calibrated else (0.0, 1.0)
+            )
+            merged.extend(((cos - mean) / std, cos, hit) for cos, hit in scored)
+        for searcher in searchers.values():
+            notes.extend(searcher.notes)
+        results = _merge(merged, query)
+        return Response(results, {s: infos[s].model for s in targets}, targets, calibrated, notes)
     finally:
         catalog.close()
 
 
-def _own_paths(images: Sequence[str]) -> set[str]:
-    paths = set()
-    for p in images:
-        paths.add(os.path.abspath(p))
-        paths.add(os.path.realpath(p))
-    return paths
+def _populations(
+    catalog: Catalog, targets: Sequence[str], query: Query
+) -> list[tuple[str, tuple[str, ...]]]:
+    """The (space, kinds) populations this query searches: non-empty, narrowed by --type."""
+    chosen = []
+    for (space, _group), kinds in POPULATIONS.items():
+        if space not in targets:
+            continue
+        kept = tuple(k for k in kinds if not query.kinds or k in query.kinds)
+        if kept and catalog.count_filtered(space, (), kept) > 0:
+            chosen.append((space, kept))
+    return chosen
+
+
+def _calibration(
+    catalog: Catalog, space: str, kinds: Sequence[str], vector: np.ndarray
+) -> tuple[float, float]:
+    sample = catalog.sample_vectors(space, CALIBRATION_SAMPLE, kinds=kinds)
+    if len(sample) == 0:
+        return 0.0, 1.0
+    scores = sample @ vector
+    median = float(np.median(scores))
+    mad = float(np.median(np.abs(scores - median)))
+    return median, max(1.4826 * mad, MIN_SCALE)
+
+
+def _merge(scored: list[tuple[float, float, ItemHit]], query: Query) -> list[Result]:
+    """Best item per file (or every item with all_moments), ranked by the (calibrated) score."""
+    if query.all_moments:
+        chosen = scored
+    else:
+        best: dict[int, tuple[float, float, ItemHit]] = {}
+        for entry in scored:
+            current = best.get(entry[2].file_id)
+            if current is None or entry[0] > current[0]:
+                best[entry[2].file_id] = entry
+        chosen = list(best.values())
+    chosen.sort(key=lambda e: (-e[0], e[2].path, e[2].start or 0.0, e[2].item_id))
+    return [
+        Result(rank=i + 1, score=float(z), cosine=float(cos), hit=hit)
+        for i, (z, cos, hit) in enumerate(chosen[: query.limit])
+    ]
+
+
+def _own_paths(paths: Sequence[str]) -> set[str]:
+    own = set()
+    for p in paths:
+        own.add(os.path.abspath(p))
+        own.add(os.path.realpath(p))
+    return own
 
 
 class Searcher:
@@ -148,7 +289,9 @@ class Searcher:
                 store.sync(self.space.name, self.space.dim, self.space.model)
                 loaded = store.load(self.space.name, self.space.dim, self.space.model)
                 if loaded is not None:
-                    self.notes.append("the ANN index was missing or damaged and was rebuilt")
+                    self.notes.append(
+                        f"the {self.space.name} ANN index was missing or damaged and was rebuilt"
+                    )
                     return loaded
         except IndexBusyError:
             pass
@@ -158,29 +301,27 @@ class Searcher:
 
     def search(
         self, vector: np.ndarray, query: Query, *, exclude: frozenset[str] | set[str] = frozenset()
-    ) -> list[Result]:
+    ) -> list[tuple[float, ItemHit]]:
+        """Up to query.limit best (cosine, hit) pairs: one per file unless all_moments."""
         within = [os.path.abspath(d) for d in query.within]
         kinds = list(query.kinds)
-        if (within or kinds) and self.catalog.count_filtered(
-            self.space.name, within, kinds
-        ) <= EXACT_FILTER_LIMIT:
-            ids, vectors = self.catalog.filtered_vectors(self.space.name, within, kinds)
-            scores = vectors @ vector if len(ids) else np.zeros(0, dtype=np.float32)
-            candidates = dict(zip(ids.tolist(), scores.tolist(), strict=True))
-            return self._rank(candidates, query, within, kinds, exclude)
-
+        name = self.space.name
+        if within or kinds:
+            matching = self.catalog.count_filtered(name, within, kinds)
+            if matching == self.catalog.item_count(name):
+                within, kinds = [], []  # the filter keeps everything: the ANN serves as is
+            elif matching <= EXACT_FILTER_LIMIT:
+                return self._exact(vector, query, within, kinds, exclude)
         ann, covered, live_in_ann = self.ann()
         tail: dict[int, float] = {}
-        for ids, vectors in self.catalog.iter_vectors(self.space.name, after_id=covered):
+        for ids, vectors in self.catalog.iter_vectors(name, after_id=covered):
             tail.update(zip(ids.tolist(), (vectors @ vector).tolist(), strict=True))
         k = min(live_in_ann, max(query.limit * 4, 40))
         while True:
             try:
                 labels, scores = ann.search(vector, k)
             except ValueError:  # the graph cannot yield k live neighbours: be exact instead
-                ids, vectors = self.catalog.filtered_vectors(self.space.name, within, kinds)
-                exact = dict(zip(ids.tolist(), (vectors @ vector).tolist(), strict=True))
-                return self._rank(exact, query, within, kinds, exclude)
+                return self._exact(vector, query, within, kinds, exclude)
             candidates = dict(tail)
             candidates.update(zip(labels.tolist(), scores.tolist(), strict=True))
             results = self._rank(candidates, query, within, kinds, exclude)
@@ -192,6 +333,19 @@ class Searcher:
                 return results
             k = min(live_in_ann, k * 4)
 
+    def _exact(
+        self,
+        vector: np.ndarray,
+        query: Query,
+        within: Sequence[str],
+        kinds: Sequence[str],
+        exclude: frozenset[str] | set[str],
+    ) -> list[tuple[float, ItemHit]]:
+        ids, vectors = self.catalog.filtered_vectors(self.space.name, within, kinds)
+        scores = vectors @ vector if len(ids) else np.zeros(0, dtype=np.float32)
+        candidates = dict(zip(ids.tolist(), scores.tolist(), strict=True))
+        return self._rank(candidates, query, within, kinds, exclude)
+
     def _rank(
         self,
         candidates: dict[int, float],
@@ -199,20 +353,18 @@ class Searcher:
         within: Sequence[str],
         kinds: Sequence[str],
         exclude: frozenset[str] | set[str],
-    ) -> list[Result]:
+    ) -> list[tuple[float, ItemHit]]:
         if query.min_score is not None:
             candidates = {i: s for i, s in candidates.items() if s >= query.min_score}
         hits = self.catalog.hits_for_items(list(candidates), within=within, kinds=kinds)
-        best: dict[int, tuple[float, ItemHit]] = {}
-        for item_id, hit in hits.items():
-            if hit.path in exclude:
-                continue
-            score = candidates[item_id]
-            current = best.get(hit.file_id)
-            if current is None or score > current[0]:
-                best[hit.file_id] = (score, hit)
-        ordered = sorted(best.values(), key=lambda sh: (-sh[0], sh[1].path))
-        return [
-            Result(rank=i + 1, score=float(score), hit=hit)
-            for i, (score, hit) in enumerate(ordered[: query.limit])
+        scored = [
+            (candidates[item_id], hit) for item_id, hit in hits.items() if hit.path not in exclude
         ]
+        if not query.all_moments:
+            best: dict[int, tuple[float, ItemHit]] = {}
+            for score, hit in scored:
+                if hit.file_id not in best or score > best[hit.file_id][0]:
+                    best[hit.file_id] = (score, hit)
+            scored = list(best.values())
+        scored.sort(key=lambda sh: (-sh[0], sh[1].path, sh[1].start or 0.0, sh[1].item_id))
+        return scored[: query.limit]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: index sample_data/ into a throw-away index and run a few example queries.
+# `make demo`: index sample_data/ (photos, a video with sound, audio clips, a notes file) into a
+# throw-away index and run a few example queries: text, image, sound, video moments, text lines.
 # MMFIND_DEMO_MODEL picks the model (default: the real default model, downloaded on first use;
 # `make demo MODEL=test-tiny` runs the same steps offline with random weights).
 set -euo pipefail
@@ -25,5 +26,9 @@ run mmfind info --index "$index"
 run mmfind query "a cat" --index "$index" -n 3 --table
 run mmfind query "a cup of coffee" --index "$index" -n 3 --json
 run mmfind query --image sample_data/rocket.jpg --index "$index" -n 3 --table
+run mmfind query "a doorbell ringing" --index "$index" -n 3 --table
+run mmfind query --audio sample_data/doorbell.flac --index "$index" -n 3 --table
+run mmfind query "a rocket launch" --type video --all-moments --index "$index" -n 3 --table
+run mmfind query "tax return 2023" --type text --index "$index" -n 2 --table
 run mmfind query "outer space" --not "people" --index "$index" --paths -n 3
 rm -rf "$index"

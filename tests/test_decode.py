@@ -37,8 +37,10 @@ def test_decodes_in_workers_and_in_process(tmp_path: Path) -> None:
     for path, result in pooled.items():
         other = inline[path]
         assert isinstance(result, Decoded) and isinstance(other, Decoded)
-        assert result.pixels.shape == (64, 64, 3)
-        assert (result.pixels == other.pixels).all()
+        [payload] = result.payloads
+        assert payload.space == "clip" and payload.modality == "pixels"
+        assert payload.data.shape == (1, 64, 64, 3)
+        assert (payload.data == other.payloads[0].data).all()
         assert result.digest == content_hash(Path(path).read_bytes())
         assert (result.width, result.height) == (120, 90)
 

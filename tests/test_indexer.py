@@ -65,7 +65,7 @@ def test_noop_run_does_not_load_the_model(tmp_path: Path, library: Path) -> None
             raise AssertionError("the encoder must not be used for a no-op run")
 
     options = IndexOptions(paths=[str(library)], model="test-tiny", workers=0)
-    summary = run_index(idx, options, encoder=Exploding())
+    summary = run_index(idx, options, encoders={"clip": Exploding()})
     assert summary.unchanged == 5
 
 
@@ -202,7 +202,9 @@ def test_near_duplicate_comes_first(tmp_path: Path, library: Path, tiny_encoder:
     probe = tmp_path / "probe.jpg"
     for name in ("p2.jpg", "2024/trip.jpg", "extra7.jpg"):
         make_near_duplicate(library / name, probe, scale=0.5, quality=70)
-        response = run_query(idx, Query(images=[str(probe)], limit=3), encoder=tiny_encoder)
+        response = run_query(
+            idx, Query(images=[str(probe)], limit=3), encoders={"clip": tiny_encoder}
+        )
         assert Path(response.results[0].hit.path) == library / name
 
 

@@ -49,7 +49,7 @@ def test_finds_media_files_with_their_stat(tmp_path: Path) -> None:
 
 
 def test_unknown_extensions_are_counted_as_skipped(tmp_path: Path) -> None:
-    make_tree(tmp_path, ["a.jpg", "notes.txt", "song.xyz", "README", "sub/b.png", "sub/c.doc"])
+    make_tree(tmp_path, ["a.jpg", "notes.xls", "song.xyz", "README", "sub/b.png", "sub/c.doc"])
 
     result = scan([str(tmp_path)])
 
@@ -316,7 +316,7 @@ def test_missing_root_is_a_problem_and_incomplete(tmp_path: Path) -> None:
 
 def test_root_that_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     photo = touch(tmp_path / "one.jpg", b"abc")
-    notes = touch(tmp_path / "notes.txt")
+    notes = touch(tmp_path / "notes.xls")
     monkeypatch.chdir(tmp_path)
 
     result = scan(["one.jpg"])  # relative: made absolute

@@ -43,8 +43,8 @@ def exact_ranking(idx: Path, vector: np.ndarray) -> list[str]:
 def test_text_query_matches_exact_search(indexed: tuple[Path, Path], tiny_encoder: object) -> None:
     idx, _ = indexed
     query = Query(text="a dog on a beach", limit=16)
-    response = run_query(idx, query, encoder=tiny_encoder)
-    expected = exact_ranking(idx, query_vector(tiny_encoder, query))
+    response = run_query(idx, query, encoders={"clip": tiny_encoder})
+    expected = exact_ranking(idx, query_vector(tiny_encoder, "clip", query))
     assert [r.hit.path for r in response.results] == expected
     scores = [r.score for r in response.results]
     assert scores == sorted(scores, reverse=True)
@@ -53,31 +53,44 @@ def test_text_query_matches_exact_search(indexed: tuple[Path, Path], tiny_encode
 
 def test_limit_and_min_score(indexed: tuple[Path, Path], tiny_encoder: object) -> None:
     idx, _ = indexed
-    top3 = run_query(idx, Query(text="sunset", limit=3), encoder=tiny_encoder).results
+    top3 = run_query(idx, Query(text="sunset", limit=3), encoders={"clip": tiny_encoder}).results
     assert len(top3) == 3
     floor = top3[1].score
-    above = run_query(idx, Query(text="sunset", min_score=floor), encoder=tiny_encoder).results
+    above = run_query(
+        idx, Query(text="sunset", min_score=floor), encoders={"clip": tiny_encoder}
+    ).results
     assert [r.hit.path for r in above] == [r.hit.path for r in top3[:2]]
-    assert run_query(idx, Query(text="sunset", min_score=1.01), encoder=tiny_encoder).results == []
+    assert (
+        run_query(
+            idx, Query(text="sunset", min_score=1.01), encoders={"clip": tiny_encoder}
+        ).results
+        == []
+    )
 
 
 def test_in_filter_is_not_a_like_pattern(indexed: tuple[Path, Path], tiny_encoder: object) -> None:
     idx, root = indexed
     for sub in ("a_b", "a%b"):
         results = run_query(
-            idx, Query(text="x", limit=16, within=[str(root / sub)]), encoder=tiny_encoder
+            idx,
+            Query(text="x", limit=16, within=[str(root / sub)]),
+            encoders={"clip": tiny_encoder},
         ).results
         assert len(results) == 4
         assert all(Path(r.hit.path).parent == root / sub for r in results)
     # a prefix of a directory name is not that directory
-    none = run_query(idx, Query(text="x", within=[str(root / "a")]), encoder=tiny_encoder)
+    none = run_query(
+        idx, Query(text="x", within=[str(root / "a")]), encoders={"clip": tiny_encoder}
+    )
     assert none.results == []
 
 
 def test_query_image_is_left_out(indexed: tuple[Path, Path], tiny_encoder: object) -> None:
     idx, root = indexed
     own = root / "other" / "img03.jpg"
-    results = run_query(idx, Query(images=[str(own)], limit=16), encoder=tiny_encoder).results
+    results = run_query(
+        idx, Query(images=[str(own)], limit=16), encoders={"clip": tiny_encoder}
+    ).results
     assert len(results) == 15
     assert str(own) not in {r.hit.path for r in results}
 
@@ -87,35 +100,35 @@ def test_fusion_and_negation_move_the_ranking(
 ) -> None:
     idx, root = indexed
     probe = make_near_duplicate(root / "aXb" / "img05.jpg", tmp_path / "probe.jpg")
-    image_only = query_vector(tiny_encoder, Query(images=[str(probe)]))
-    fused = query_vector(tiny_encoder, Query(text="red car", images=[str(probe)]))
+    image_only = query_vector(tiny_encoder, "clip", Query(images=[str(probe)]))
+    fused = query_vector(tiny_encoder, "clip", Query(text="red car", images=[str(probe)]))
     heavier = query_vector(
-        tiny_encoder, Query(text="red car", images=[str(probe)], image_weight=3.0)
+        tiny_encoder, "clip", Query(text="red car", images=[str(probe)], image_weight=3.0)
     )
-    negated = query_vector(tiny_encoder, Query(images=[str(probe)], negatives=["red car"]))
-    text = query_vector(tiny_encoder, Query(text="red car"))
+    negated = query_vector(tiny_encoder, "clip", Query(images=[str(probe)], negatives=["red car"]))
+    text = query_vector(tiny_encoder, "clip", Query(text="red car"))
     assert abs(float(np.linalg.norm(fused)) - 1) < 1e-5
     # more image weight pulls the fused vector towards the image
     assert float(heavier @ image_only) > float(fused @ image_only)
     # --not pushes away from the text
     assert float(negated @ text) < float(image_only @ text)
     top = run_query(idx, Query(text="red car", images=[str(probe)], image_weight=3.0, limit=1),
-                    encoder=tiny_encoder)  # fmt: skip
+                    encoders={"clip": tiny_encoder})  # fmt: skip
     assert Path(top.results[0].hit.path) == root / "aXb" / "img05.jpg"
 
 
 def test_bad_queries(indexed: tuple[Path, Path], tiny_encoder: object, tmp_path: Path) -> None:
     idx, _ = indexed
     with pytest.raises(UsageError):
-        run_query(idx, Query(), encoder=tiny_encoder)
+        run_query(idx, Query(), encoders={"clip": tiny_encoder})
     with pytest.raises(InputError, match="not found"):
-        run_query(idx, Query(images=[str(tmp_path / "nope.jpg")]), encoder=tiny_encoder)
+        run_query(idx, Query(images=[str(tmp_path / "nope.jpg")]), encoders={"clip": tiny_encoder})
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image at all")
     with pytest.raises(InputError, match=r"broken\.jpg"):
-        run_query(idx, Query(images=[str(broken)]), encoder=tiny_encoder)
+        run_query(idx, Query(images=[str(broken)]), encoders={"clip": tiny_encoder})
     with pytest.raises(EmptyIndexError):
-        run_query(tmp_path / "no-index", Query(text="x"), encoder=tiny_encoder)
+        run_query(tmp_path / "no-index", Query(text="x"), encoders={"clip": tiny_encoder})
 
 
 def _clone(idx: Path, tmp_path: Path) -> Path:
@@ -136,7 +149,7 @@ def test_deleted_rows_never_returned_from_stale_ann(
     with catalog.atomic():  # delete behind the ANN's back: the file still holds them
         catalog.delete_files([files[p].id for p in victims])
     catalog.close()
-    results = run_query(idx, Query(text="x", limit=50), encoder=tiny_encoder).results
+    results = run_query(idx, Query(text="x", limit=50), encoders={"clip": tiny_encoder}).results
     assert len(results) == 11
     assert not set(victims) & {r.hit.path for r in results}
 
@@ -153,7 +166,9 @@ def test_items_newer_than_the_ann_are_searched(
         fid = catalog.insert_file("/elsewhere/new.jpg", "image", 1, 1, b"h" * 16, 10, 10)
         catalog.insert_items(fid, "clip", vector.reshape(1, -1))
     catalog.close()
-    top = run_query(idx, Query(text="a very specific query", limit=1), encoder=tiny_encoder)
+    top = run_query(
+        idx, Query(text="a very specific query", limit=1), encoders={"clip": tiny_encoder}
+    )
     assert top.results[0].hit.path == "/elsewhere/new.jpg"
     assert top.results[0].score == pytest.approx(1.0, abs=1e-5)
 
@@ -176,9 +191,9 @@ def test_damaged_ann_is_rebuilt(
     else:
         ann_file.write_bytes(os.urandom(ann_file.stat().st_size))
     query = Query(text="harbour at night", limit=16)
-    response = run_query(idx, query, encoder=tiny_encoder)
+    response = run_query(idx, query, encoders={"clip": tiny_encoder})
     assert [r.hit.path for r in response.results] == exact_ranking(
-        idx, query_vector(tiny_encoder, query)
+        idx, query_vector(tiny_encoder, "clip", query)
     )
     assert any("rebuilt" in n for n in response.notes)
     catalog = Catalog.open(idx, create=False)
@@ -190,7 +205,7 @@ def test_damaged_ann_is_rebuilt(
 
 def test_k_larger_than_live_count(indexed: tuple[Path, Path], tiny_encoder: object) -> None:
     idx, _ = indexed
-    results = run_query(idx, Query(text="x", limit=1000), encoder=tiny_encoder).results
+    results = run_query(idx, Query(text="x", limit=1000), encoders={"clip": tiny_encoder}).results
     assert len(results) == 16
 
 
@@ -203,11 +218,11 @@ def test_searcher_uses_ann_for_unfiltered_queries(
         space = catalog.space("clip")
         assert space is not None
         searcher = Searcher(catalog, idx, space)
-        vector = query_vector(tiny_encoder, Query(text="mountains"))
+        vector = query_vector(tiny_encoder, "clip", Query(text="mountains"))
         results = searcher.search(vector, Query(text="mountains", limit=5))
         ann, covered, live = searcher.ann()
         assert covered == catalog.max_item_id("clip") and live == 16
         _, scores = ann.search(vector, 5)
-        assert [r.score for r in results] == pytest.approx(scores.tolist(), abs=1e-5)
+        assert [score for score, _ in results] == pytest.approx(scores.tolist(), abs=1e-5)
     finally:
         catalog.close()

@@ -20,9 +20,19 @@ from rich.table import Table
 
 from mmfind import config
 from mmfind.cli.app import IndexOption, handles_errors
-from mmfind.cli.render import err_console, out_console, print_json, stderr_is_tty, use_table
+from mmfind.cli.render import (
+    err_console,
+    out_console,
+    print_json,
+    stderr_is_tty,
+    use_table,
+    warn,
+    write_lines,
+)
 from mmfind.indexer import IndexOptions, IndexSummary, run_index
+from mmfind.media.audio import DEFAULT_MAX_DURATION_S
 from mmfind.media.image import DEFAULT_MAX_PIXELS
+from mmfind.media.video import DEFAULT_FRAME_INTERVAL_S
 from mmfind.store.catalog import display_path
 
 
@@ -45,8 +55,20 @@ def index_command(
             show_default=False,
         ),
     ] = None,
+    audio_model: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MMFIND_AUDIO_MODEL",
+            help="Audio-text model (CLAP): a preset (default, larger), a Hugging Face repo id "
+            "or a local model folder. Default: the index's, or laion/clap-htsat-unfused "
+            "(test-tiny-clap when --model is test-tiny).",
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 32,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Items (images, frames, windows) per encoder batch.")
+    ] = 32,
     workers: Annotated[
         int | None,
         typer.Option(min=0, help="Decode processes (0: decode in-process).", show_default=False),
@@ -67,8 +89,22 @@ def index_command(
             envvar="MMFIND_MAX_PIXELS", min=1, help="Refuse images with more pixels than this."
         ),
     ] = DEFAULT_MAX_PIXELS,
+    frame_interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between the video frames that are indexed.")
+    ] = DEFAULT_FRAME_INTERVAL_S,
+    max_duration: Annotated[
+        float,
+        typer.Option(
+            envvar="MMFIND_MAX_DURATION",
+            min=1,
+            help="Index at most this many seconds of each video or audio file.",
+        ),
+    ] = DEFAULT_MAX_DURATION_S,
     reembed: Annotated[
-        bool, typer.Option(help="Re-encode everything when --model differs from the index's.")
+        bool,
+        typer.Option(
+            help="Re-encode a space whose --model/--audio-model differs from the index's."
+        ),
     ] = False,
     retry_failed: Annotated[
         bool, typer.Option(help="Retry files that failed before even if they did not change.")
@@ -81,10 +117,14 @@ def index_command(
         bool, typer.Option("--json", help="Print the summary as one JSON object.")
     ] = False,
 ) -> None:
-    """Index folders of photos (incremental: only new and changed files are read)."""
+    """Index folders of photos, videos, audio and text files (incremental: only new and changed
+    files are read)."""
     options = IndexOptions(
         paths=paths or (),
         model=model,
+        audio_model=audio_model,
+        frame_interval_s=frame_interval,
+        max_duration_s=max_duration,
         device=device,
         batch_size=batch_size,
         workers=config.default_workers() if workers is None else workers,
@@ -143,24 +183,22 @@ def _print_summary(summary: IndexSummary) -> None:
     console = out_console()
     counts = summary.counts()
     if use_table():
-        table = Table(title=f"Indexed in {summary.seconds:.1f} s with {summary.model}")
+        models = ", ".join(summary.models.values())
+        table = Table(title=f"Indexed in {summary.seconds:.1f} s with {models}")
         for key in counts:
             table.add_column(key, justify="right")
         table.add_row(*(str(v) for v in counts.values()))
         console.print(table)
     else:
-        console.print(" ".join(f"{k}={v}" for k, v in counts.items()))
-    errors = err_console()
+        write_lines([" ".join(f"{k}={v}" for k, v in counts.items())])
     if summary.failure_reasons:
         reasons = ", ".join(f"{n}× {r}" for r, n in summary.failure_reasons.most_common(5))
-        errors.print(
-            f"{summary.failed} file(s) failed: {reasons} (`mmfind info --failures` lists them)",
-            markup=False,
-        )
+        warn(f"{summary.failed} file(s) failed: {reasons} (`mmfind info --failures` lists them)")
     for problem in summary.problems[:10]:
-        errors.print(
-            f"warning: {display_path(problem.path)}: {problem.reason} (its indexed files are kept)",
-            markup=False,
+        warn(
+            f"warning: {display_path(problem.path)}: {problem.reason} (its indexed files are kept)"
         )
     if len(summary.problems) > 10:
-        errors.print(f"warning: … and {len(summary.problems) - 10} more folder problems")
+        warn(f"warning: … and {len(summary.problems) - 10} more folder problems")
+    for message in summary.notes:
+        warn(f"warning: {message}")

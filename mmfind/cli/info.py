@@ -10,7 +10,7 @@ from rich.table import Table
 
 from mmfind import config
 from mmfind.cli.app import IndexOption, handles_errors
-from mmfind.cli.render import human_bytes, out_console, print_json, use_table
+from mmfind.cli.render import human_bytes, out_console, print_json, use_table, write_lines
 from mmfind.index_info import IndexInfo, describe
 from mmfind.store.catalog import display_path
 
@@ -38,16 +38,26 @@ def info_command(
                 table.add_row(display_path(f.path), f.reason)
             console.print(table)
         else:
-            for f in info.failure_rows:
-                console.print(f"{display_path(f.path)}\t{f.reason}", markup=False)
+            write_lines(f"{display_path(f.path)}\t{f.reason}" for f in info.failure_rows)
         return
     rows = [
         ("index", info.index),
         ("model", info.model or "(none yet)"),
         ("dimensions", str(info.dim or "")),
+        *(
+            (f"{name} space", f"{s['model']} ({s['dim']} dims): {s['items']} items")
+            for name, s in info.spaces.items()
+        ),
         ("files", str(info.files)),
         ("items", str(info.items)),
-        ("kinds", ", ".join(f"{k}: {n}" for k, n in info.kinds.items()) or "-"),
+        (
+            "kinds",
+            ", ".join(
+                f"{k}: {n} files, {info.items_by_kind.get(k, 0)} items"
+                for k, n in info.kinds.items()
+            )
+            or "-",
+        ),
         ("failed", str(info.failed)),
         ("roots", "\n".join(display_path(r) for r in info.roots) or "-"),
         (
@@ -65,8 +75,7 @@ def info_command(
             table.add_row(key, value)
         console.print(table)
     else:
-        for key, value in rows:
-            console.print(f"{key}\t{value.replace(chr(10), ', ')}", markup=False)
+        write_lines(f"{key}\t{value.replace(chr(10), ', ')}" for key, value in rows)
 
 
 def _when(timestamp: float | None) -> str:
@@ -83,6 +92,7 @@ def _json(info: IndexInfo, failures: bool) -> dict[str, Any]:
         "files": info.files,
         "items": info.items,
         "kinds": info.kinds,
+        "items_by_kind": info.items_by_kind,
         "spaces": info.spaces,
         "failed": info.failed,
         "roots": [display_path(r) for r in info.roots],

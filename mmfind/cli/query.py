@@ -1,4 +1,4 @@
-"""`mmfind query`: ranked files for a text and/or image query."""
+"""`mmfind query`: ranked files (and moments) for a text, image and/or audio query."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from mmfind.cli.render import (
     path_link,
     print_json,
     use_table,
+    write_lines,
     write_paths,
 )
 from mmfind.errors import UsageError
 from mmfind.media.kinds import KINDS
-from mmfind.search import Query, Response, run_query
-from mmfind.store.catalog import display_path
+from mmfind.search import Query, Response, Result, run_query
+from mmfind.store.catalog import ItemHit, display_path
 
 
 @handles_errors
@@ -33,6 +34,10 @@ def query_command(
         list[str] | None,
         typer.Option("--image", "-i", help="Find pictures like this one (repeatable)."),
     ] = None,
+    audio: Annotated[
+        list[str] | None,
+        typer.Option("--audio", "-a", help="Find sounds like this one (repeatable)."),
+    ] = None,
     negative: Annotated[
         list[str] | None,
         typer.Option("--not", help="Push results away from this text (repeatable)."),
@@ -41,6 +46,9 @@ def query_command(
     image_weight: Annotated[
         float, typer.Option(help="Weight of the --image examples (their mean) in the fused query.")
     ] = 1.0,
+    audio_weight: Annotated[
+        float, typer.Option(help="Weight of the --audio examples (their mean) in the fused query.")
+    ] = 1.0,
     not_weight: Annotated[float, typer.Option(help="Weight subtracted for --not texts.")] = 0.5,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Results to show.")] = 10,
     within: Annotated[
@@ -48,8 +56,14 @@ def query_command(
         typer.Option("--in", help="Only results under this folder (repeatable)."),
     ] = None,
     min_score: Annotated[
-        float | None, typer.Option(help="Only results scoring at least this (cosine).")
+        float | None, typer.Option(help="Only results whose cosine is at least this.")
     ] = None,
+    all_moments: Annotated[
+        bool,
+        typer.Option(
+            "--all-moments", help="Every matching frame, window or text chunk, not one per file."
+        ),
+    ] = False,
     kind: Annotated[
         list[str] | None,
         typer.Option("--type", help=f"Only these kinds ({', '.join(KINDS)}; repeatable)."),
@@ -63,25 +77,25 @@ def query_command(
         bool, typer.Option("--table", help="A table even when the output is not a terminal.")
     ] = False,
 ) -> None:
-    """Search the index by text, by example images, or both.
+    """Search the index by text, example images and/or example sounds.
 
     Exit status: 0 with results, 1 with none, 2 for a usage or input error."""
-    for k in kind or ():
-        if k not in KINDS:
-            raise UsageError(f"--type must be one of {', '.join(KINDS)}, not {k!r}")
     if sum([json_output, paths_output or nul, table]) > 1:
         raise UsageError("choose one output format: --json, --paths/-0 or --table")
     query = Query(
         text=text,
         images=image or (),
+        audios=audio or (),
         negatives=negative or (),
         text_weight=text_weight,
         image_weight=image_weight,
+        audio_weight=audio_weight,
         not_weight=not_weight,
         limit=limit,
         within=within or (),
         kinds=kind or (),
         min_score=min_score,
+        all_moments=all_moments,
     )
     response = run_query(config.index_dir(index), query, device=device)
     for message in response.notes:
@@ -93,32 +107,47 @@ def query_command(
     elif use_table(table):
         _table(query, response)
     else:
-        out = out_console()
-        for r in response.results:
-            out.print(f"{r.score:.4f}\t{display_path(r.hit.path)}", markup=False)
+        write_lines(_plain_line(r) for r in response.results)
     if not response.results:
         raise typer.Exit(1)
+
+
+def _plain_line(r: Result) -> str:
+    """`score<TAB>path`, plus a third field with the moment (`mm:ss–mm:ss` or `lines a–b`)
+    for time-based media and text, so `cut -f2` always gives the path."""
+    line = f"{r.score:.4f}\t{display_path(r.hit.path)}"
+    where = _where(r.hit)
+    return f"{line}\t{where}" if where else line
 
 
 def _json(query: Query, response: Response) -> dict[str, Any]:
     return {
         "query": {
             "text": query.text,
-            "images": list(query.images),
+            "images": [display_path(p) for p in query.images],
+            "audio": [display_path(p) for p in query.audios],
             "not": list(query.negatives),
         },
         "model": response.model,
+        "models": response.models,
+        "calibrated": response.calibrated,
         "results": [
             {
                 "rank": r.rank,
                 "score": round(r.score, 6),
+                "cosine": round(r.cosine, 6),
                 "path": display_path(r.hit.path),
                 "kind": r.hit.kind,
+                "space": r.hit.space,
                 "start": r.hit.start,
                 "end": r.hit.end,
+                "lines": (
+                    [r.hit.line_start, r.hit.line_end] if r.hit.line_start is not None else None
+                ),
                 "size": r.hit.size,
                 "width": r.hit.width,
                 "height": r.hit.height,
+                "duration": r.hit.duration,
             }
             for r in response.results
         ],
@@ -126,21 +155,30 @@ def _json(query: Query, response: Response) -> dict[str, Any]:
 
 
 def _table(query: Query, response: Response) -> None:
-    title = query.text or ", ".join(query.images)
+    title = query.text or ", ".join(display_path(p) for p in (*query.images, *query.audios))
     table = Table(title=f"{title!r}: {len(response.results)} result(s)", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("path", overflow="fold")
-    timed = any(r.hit.start is not None for r in response.results)
-    if timed:
-        table.add_column("when", justify="right")
+    located = any(r.hit.start is not None or r.hit.line_start is not None for r in response.results)
+    if located:
+        table.add_column("where", justify="right")
     table.add_column("size", justify="right")
     table.add_column("dimensions", justify="right")
     for r in response.results:
         hit = r.hit
         dims = f"{hit.width}×{hit.height}" if hit.width and hit.height else ""
         cells: list[str | Text] = [str(r.rank), f"{r.score:.3f}", path_link(hit.path)]
-        if timed:
-            cells.append(mmss(hit.start) if hit.start is not None else "")
+        if located:
+            cells.append(_where(hit))
         table.add_row(*cells, human_bytes(hit.size), dims)
     out_console().print(table)
+
+
+def _where(hit: ItemHit) -> str:
+    if hit.start is not None:
+        end = f"–{mmss(hit.end)}" if hit.end is not None else ""
+        return f"{mmss(hit.start)}{end}"
+    if hit.line_start is not None:
+        return f"lines {hit.line_start}–{hit.line_end}"
+    return ""

@@ -34,11 +34,22 @@ def use_table(force: bool = False) -> bool:
 
 
 def out_console() -> Console:
-    return Console(highlight=False, no_color=no_color(), soft_wrap=False)
+    # NO_COLOR: no escape codes at all (Rich's no_color alone keeps bold, italic and links)
+    return Console(
+        highlight=False,
+        no_color=no_color(),
+        soft_wrap=False,
+        color_system=None if no_color() else "auto",
+    )
 
 
 def err_console() -> Console:
-    return Console(stderr=True, highlight=False, no_color=no_color())
+    return Console(
+        stderr=True,
+        highlight=False,
+        no_color=no_color(),
+        color_system=None if no_color() else "auto",
+    )
 
 
 def error(message: str) -> None:
@@ -49,6 +60,20 @@ def error(message: str) -> None:
 
 def note(message: str) -> None:
     sys.stderr.write(f"mmfind: note: {message}\n")
+    sys.stderr.flush()
+
+
+def write_lines(lines: Iterable[str]) -> None:
+    """Plain lines on stdout, exactly as given: no wrapping, tabs kept (for pipelines)."""
+    out = sys.stdout
+    for line in lines:
+        out.write(line + "\n")
+    out.flush()
+
+
+def warn(message: str) -> None:
+    """A plain line on stderr, never wrapped (unlike a Rich console that is not a terminal)."""
+    sys.stderr.write(message + "\n")
     sys.stderr.flush()
 
 

@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from mmfind.media.image import ImageSpec
-
-SPACE = "clip"
+from mmfind.spaces import CLIP as SPACE
 
 
 class OpenClipEncoder:
@@ -32,6 +31,7 @@ class OpenClipEncoder:
         self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer
+        self.context_length = int(getattr(tokenizer, "context_length", 77))
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg.get("size", 224)
         size_hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))

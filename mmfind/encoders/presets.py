@@ -8,17 +8,13 @@ progress bar on first use) or from a local file, loaded as safetensors or with
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 import os
-import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
+from mmfind.encoders.hub import load_failure_message, prepare_hub_access, quiet_logging
 from mmfind.errors import ModelError
 
 TEST_TINY = "test-tiny"
@@ -130,19 +126,20 @@ def load_image_encoder(model_id: str, device: str = "auto") -> Any:
 
     arch, pretrained = _split(model_id)
     try:
-        with _quiet_open_clip():
+        with quiet_logging():
             if pretrained is not None and _looks_like_path(pretrained):
                 model = _load_local_checkpoint(open_clip, arch, pretrained)
             else:
                 if pretrained is not None:
                     _check_known(open_clip, arch, pretrained)
-                _prepare_hub_access()
+                prepare_hub_access()
                 model = open_clip.create_model(arch, pretrained=pretrained, device="cpu")
             tokenizer = open_clip.get_tokenizer(arch)
     except ModelError:
         raise
     except Exception as exc:  # open_clip, huggingface_hub and torch raise many kinds
-        raise ModelError(_load_failure_message(model_id, exc)) from exc
+        hint = f"--model {arch}:/path/to/open_clip_model.safetensors (or MMFIND_MODEL)"
+        raise ModelError(load_failure_message(model_id, exc, hint)) from exc
     return OpenClipEncoder(model, tokenizer, model_id, resolved)
 
 
@@ -181,64 +178,7 @@ def _build_tiny(open_clip: Any, torch: Any) -> tuple[Any, Any]:
     """The test-tiny model: a small open_clip config, random weights from a fixed seed."""
     if _TINY_ARCH not in open_clip.list_models():
         open_clip.add_model_config(_CONFIG_DIR)
-    with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+    with torch.random.fork_rng(devices=[]), quiet_logging():
         torch.manual_seed(_TINY_SEED)
         model = open_clip.create_model(_TINY_ARCH, pretrained=None, device="cpu")
     return model, open_clip.get_tokenizer(_TINY_ARCH)
-
-
-@contextlib.contextmanager
-def _quiet_open_clip() -> Iterator[None]:
-    """open_clip logs to the root logger; the CLI reports what matters itself."""
-    root = logging.getLogger()
-    previous = root.level
-    root.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        root.setLevel(previous)
-
-
-def _hub_endpoint() -> tuple[str, int]:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    return parsed.hostname or "huggingface.co", port
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    host, port = _hub_endpoint()
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def _prepare_hub_access() -> None:
-    """Without a network use the local cache only: fail in seconds, not after minutes of retries."""
-    import huggingface_hub.constants as hf_constants
-
-    if hf_constants.HF_HUB_OFFLINE:
-        return
-    if not hub_reachable():
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        hf_constants.HF_HUB_OFFLINE = True
-
-
-def _load_failure_message(model_id: str, exc: Exception) -> str:
-    host, _ = _hub_endpoint()
-    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.join(Path.home(), ".cache", "huggingface")), "hub"
-    )
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-    if offline or "connection" in reason.lower() or "cache" in reason.lower():
-        arch = model_id.split(":", 1)[0]
-        return (
-            f"cannot load model {model_id}: its weights are not in the Hugging Face cache "
-            f"({cache}) and {host} cannot be reached. Connect once to download them, or copy a "
-            "populated cache here (HF_HOME=DIR, HF_HUB_OFFLINE=1), or use a local checkpoint: "
-            f"--model {arch}:/path/to/open_clip_model.safetensors (or MMFIND_MODEL)"
-        )
-    return f"cannot load model {model_id}: {reason}"

@@ -23,13 +23,34 @@ RAW_EXTENSIONS = frozenset(
     }
 )  # fmt: skip
 
-KINDS = ("image",)
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".wav", ".wave", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".opus", ".aif",
+        ".aiff", ".wma",
+    }
+)  # fmt: skip
+
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".3gp", ".mts",
+        ".m2ts",
+    }
+)  # fmt: skip
+
+TEXT_EXTENSIONS = frozenset({".txt", ".md", ".markdown", ".rst", ".org", ".text"})
+
+KINDS = ("image", "video", "audio", "text")
+
+_BY_EXTENSION = {
+    **{ext: "image" for ext in IMAGE_EXTENSIONS},
+    **{ext: "audio" for ext in AUDIO_EXTENSIONS},
+    **{ext: "video" for ext in VIDEO_EXTENSIONS},
+    **{ext: "text" for ext in TEXT_EXTENSIONS},
+}
 
 
 def kind_of(path: str | bytes) -> str | None:
     """The kind of media a path holds, judged by its extension; None when mmfind skips it."""
     name = os.fsdecode(path)
     ext = os.path.splitext(name)[1].lower()
-    if ext in IMAGE_EXTENSIONS:
-        return "image"
-    return None
+    return _BY_EXTENSION.get(ext)

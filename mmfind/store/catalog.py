@@ -80,6 +80,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0002_durations_and_lines",
+        """
+        ALTER TABLE files ADD COLUMN duration REAL;
+        ALTER TABLE items ADD COLUMN line_start INTEGER;
+        ALTER TABLE items ADD COLUMN line_end INTEGER;
+        CREATE INDEX files_kind ON files(kind);
+        """,
+    ),
 ]
 
 BUSY_TIMEOUT_MS = 30_000
@@ -142,6 +151,18 @@ class ItemHit:
     height: int | None
     start: float | None
     end: float | None
+    space: str = ""
+    line_start: int | None = None
+    line_end: int | None = None
+    duration: float | None = None
+
+
+@dataclass(frozen=True)
+class ItemSpans:
+    """Where each of a file's items sits: seconds for time-based media, lines for text."""
+
+    times: Sequence[tuple[float | None, float | None]] | None = None
+    lines: Sequence[tuple[int, int]] | None = None
 
 
 def _vector_blob(vector: np.ndarray) -> bytes:
@@ -327,12 +348,13 @@ class Catalog:
         )
         return {bytes(r[0]) for r in rows}
 
-    def files_with_hash(self, digest: bytes, space: str) -> list[FileRow]:
-        """Files with this content that have items in `space`, oldest first."""
+    def files_with_hash(self, digest: bytes, space: str | None = None) -> list[FileRow]:
+        """Files with this content that have items (in `space`, or in any), oldest first."""
         rows = self.conn.execute(
             "SELECT id, path, kind, size, mtime_ns, hash FROM files f WHERE hash=? AND "
-            "EXISTS (SELECT 1 FROM items i WHERE i.file_id=f.id AND i.space=?) ORDER BY id",
-            (digest, space),
+            "EXISTS (SELECT 1 FROM items i WHERE i.file_id=f.id AND (? IS NULL OR i.space=?)) "
+            "ORDER BY id",
+            (digest, space, space),
         )
         return [FileRow(r[0], decode_path(r[1]), r[2], r[3], r[4], bytes(r[5])) for r in rows]
 
@@ -345,11 +367,12 @@ class Catalog:
         digest: bytes,
         width: int | None,
         height: int | None,
+        duration: float | None = None,
     ) -> int:
         cur = self.conn.execute(
-            "INSERT INTO files(path, kind, size, mtime_ns, hash, width, height, indexed_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (encode_path(path), kind, size, mtime_ns, digest, width, height, time.time()),
+            "INSERT INTO files(path, kind, size, mtime_ns, hash, width, height, duration, "
+            "indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (encode_path(path), kind, size, mtime_ns, digest, width, height, duration, time.time()),
         )
         assert cur.lastrowid is not None
         return int(cur.lastrowid)
@@ -364,6 +387,7 @@ class Catalog:
         digest: bytes,
         width: int | None = None,
         height: int | None = None,
+        duration: float | None = None,
         keep_dimensions: bool = False,
     ) -> None:
         if keep_dimensions:
@@ -374,13 +398,18 @@ class Catalog:
         else:
             self.conn.execute(
                 "UPDATE files SET path=?, size=?, mtime_ns=?, hash=?, width=?, height=?, "
-                "indexed_at=? WHERE id=?",
-                (encode_path(path), size, mtime_ns, digest, width, height, time.time(), file_id),
-            )
+                "duration=?, indexed_at=? WHERE id=?",
+                (
+                    encode_path(path), size, mtime_ns, digest, width, height, duration,
+                    time.time(), file_id,
+                ),
+            )  # fmt: skip
 
-    def file_dimensions(self, file_id: int) -> tuple[int | None, int | None]:
-        row = self.conn.execute("SELECT width, height FROM files WHERE id=?", (file_id,)).fetchone()
-        return (None, None) if row is None else (row[0], row[1])
+    def file_dimensions(self, file_id: int) -> tuple[int | None, int | None, float | None]:
+        row = self.conn.execute(
+            "SELECT width, height, duration FROM files WHERE id=?", (file_id,)
+        ).fetchone()
+        return (None, None, None) if row is None else (row[0], row[1], row[2])
 
     def delete_files(self, file_ids: Sequence[int]) -> None:
         for chunk_start in range(0, len(file_ids), 500):
@@ -395,14 +424,16 @@ class Catalog:
         file_id: int,
         space: str,
         vectors: np.ndarray,
-        spans: Sequence[tuple[float | None, float | None]] | None = None,
+        spans: ItemSpans | None = None,
     ) -> list[int]:
         ids = []
         for i, vector in enumerate(vectors):
-            start, end = spans[i] if spans is not None else (None, None)
+            start, end = spans.times[i] if spans and spans.times else (None, None)
+            first, last = spans.lines[i] if spans and spans.lines else (None, None)
             cur = self.conn.execute(
-                "INSERT INTO items(file_id, space, start_s, end_s, vector) VALUES (?, ?, ?, ?, ?)",
-                (file_id, space, start, end, _vector_blob(vector)),
+                "INSERT INTO items(file_id, space, start_s, end_s, line_start, line_end, vector) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (file_id, space, start, end, first, last, _vector_blob(vector)),
             )
             assert cur.lastrowid is not None
             ids.append(int(cur.lastrowid))
@@ -413,8 +444,9 @@ class Catalog:
 
     def copy_items(self, source_file_id: int, target_file_id: int) -> int:
         cur = self.conn.execute(
-            "INSERT INTO items(file_id, space, start_s, end_s, vector) "
-            "SELECT ?, space, start_s, end_s, vector FROM items WHERE file_id=? ORDER BY id",
+            "INSERT INTO items(file_id, space, start_s, end_s, line_start, line_end, vector) "
+            "SELECT ?, space, start_s, end_s, line_start, line_end, vector FROM items "
+            "WHERE file_id=? ORDER BY id",
             (target_file_id, source_file_id),
         )
         return int(cur.rowcount)
@@ -453,6 +485,24 @@ class Catalog:
         ).fetchall()
         return np.stack([np.frombuffer(r[0], dtype=np.float32) for r in rows])
 
+    def sample_vectors(self, space: str, n: int = 1000, *, kinds: Sequence[str] = ()) -> np.ndarray:
+        """About n vectors of a space (of files of these kinds), evenly spread over item ids
+        (deterministic)."""
+        where, params = _filters((), kinds)
+        join = "FROM items i JOIN files f ON f.id=i.file_id WHERE i.space=?" + where
+        total = int(self.conn.execute(f"SELECT count(*) {join}", [space, *params]).fetchone()[0])
+        step = max(1, total // n)
+        rows = self.conn.execute(
+            f"SELECT i.vector {join} AND i.id % ? = 0 LIMIT ?", [space, *params, step, n]
+        ).fetchall()
+        if len(rows) < min(total, 2):
+            rows = self.conn.execute(
+                f"SELECT i.vector {join} LIMIT ?", [space, *params, n]
+            ).fetchall()
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([np.frombuffer(r[0], dtype=np.float32) for r in rows])
+
     def tombstones(self, space: str) -> list[int]:
         rows = self.conn.execute("SELECT item_id FROM tombstones WHERE space=?", (space,))
         return [int(r[0]) for r in rows]
@@ -480,14 +530,15 @@ class Catalog:
             marks = ",".join("?" * len(chunk))
             rows = self.conn.execute(
                 "SELECT i.id, f.id, f.path, f.kind, f.size, f.mtime_ns, f.width, f.height, "
-                "i.start_s, i.end_s FROM items i JOIN files f ON f.id=i.file_id "
+                "i.start_s, i.end_s, i.space, i.line_start, i.line_end, f.duration "
+                "FROM items i JOIN files f ON f.id=i.file_id "
                 f"WHERE i.id IN ({marks}){where}",
                 [*chunk, *params],
             )
             for r in rows:
                 result[int(r[0])] = ItemHit(
                     int(r[0]), int(r[1]), decode_path(r[2]), r[3], r[4], r[5], r[6], r[7], r[8],
-                    r[9],
+                    r[9], r[10], r[11], r[12], r[13],
                 )  # fmt: skip
         return result
 
