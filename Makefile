@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 test-slow: install
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n auto -m slow
 
 demo: install
 	MMFIND_DEMO_MODEL="$(MODEL)" DEMO_INDEX="$(DEMO_INDEX)" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
