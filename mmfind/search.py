@@ -30,7 +30,7 @@ from mmfind.media.image import DEFAULT_MAX_PIXELS, prepare_image
 from mmfind.media.kinds import KINDS
 from mmfind.models import Models
 from mmfind.spaces import CLAP, CLIP
-from mmfind.store.ann import AnnIndex, AnnStore, build_from_catalog
+from mmfind.store.ann import AnnIndex, AnnState, AnnStore, build_from_catalog
 from mmfind.store.catalog import Catalog, ItemHit, SpaceInfo
 from mmfind.store.lock import writer_lock
 
@@ -163,12 +163,28 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return (v / norm).astype(np.float32)
 
 
+class AnnCache:
+    """ANN indexes kept between queries by a long-lived process (the query server), keyed by
+    the file in force: a new generation written by an index run is picked up at once."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[str, str], tuple[AnnIndex, int, int]]] = {}
+
+    def get(self, space: str, key: tuple[str, str]) -> tuple[AnnIndex, int, int] | None:
+        entry = self._entries.get(space)
+        return entry[1] if entry is not None and entry[0] == key else None
+
+    def put(self, space: str, key: tuple[str, str], value: tuple[AnnIndex, int, int]) -> None:
+        self._entries[space] = (key, value)
+
+
 def run_query(
     index_dir: Path,
     query: Query,
     *,
     device: str = "auto",
     encoders: dict[str, Any] | None = None,
+    ann_cache: AnnCache | None = None,
 ) -> Response:
     """Answer a query against the index at index_dir with the models that built it."""
     validate(query)
@@ -190,7 +206,7 @@ def run_query(
         calibrated = len(populations) > 1
         merged: list[tuple[float, float, ItemHit]] = []
         notes: list[str] = []
-        searchers = {s: Searcher(catalog, index_dir, infos[s]) for s in targets}
+        searchers = {s: Searcher(catalog, index_dir, infos[s], ann_cache) for s in targets}
         vectors: dict[str, np.ndarray] = {}
         for space, kinds in populations:
             if space not in vectors:
@@ -265,22 +281,41 @@ def _own_paths(paths: Sequence[str]) -> set[str]:
 class Searcher:
     """Nearest items of one space: the ANN file for what it covers, exact search for the rest."""
 
-    def __init__(self, catalog: Catalog, index_dir: Path, space: SpaceInfo) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        index_dir: Path,
+        space: SpaceInfo,
+        cache: AnnCache | None = None,
+    ) -> None:
         self.catalog = catalog
         self.index_dir = index_dir
         self.space = space
+        self.cache = cache
         self.notes: list[str] = []
         self._ann: tuple[AnnIndex, int, int] | None = None
 
     def ann(self) -> tuple[AnnIndex, int, int]:
         """(index, highest item id it covers, live elements in it)."""
         if self._ann is None:
+            key = self._file_key()
+            cached = self.cache.get(self.space.name, key) if self.cache and key else None
+            if cached is not None:
+                self._ann = cached
+                return cached
             store = AnnStore(self.catalog, self.index_dir)
             loaded = store.load(self.space.name, self.space.dim, self.space.model)
             if loaded is None:
                 loaded = self._rebuild(store)
+                key = self._file_key()
+            if self.cache is not None and key is not None:
+                self.cache.put(self.space.name, key, loaded)
             self._ann = loaded
         return self._ann
+
+    def _file_key(self) -> tuple[str, str] | None:
+        state = AnnState.read(self.catalog, self.space.name)
+        return (state.file, state.digest) if state is not None else None
 
     def _rebuild(self, store: AnnStore) -> tuple[AnnIndex, int, int]:
         """The ANN file is missing, damaged or stale: rebuild it (and save it if no run is)."""

@@ -88,11 +88,12 @@ def _root(
 
 
 def _register() -> None:
-    from mmfind.cli import index, info, query
+    from mmfind.cli import index, info, query, serve
 
     app.command("index")(index.index_command)
     app.command("query")(query.query_command)
     app.command("info")(info.info_command)
+    app.command("serve")(serve.serve_command)
 
 
 _register()

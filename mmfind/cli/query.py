@@ -24,6 +24,7 @@ from mmfind.cli.render import (
 from mmfind.errors import UsageError
 from mmfind.media.kinds import KINDS
 from mmfind.search import Query, Response, Result, run_query
+from mmfind.server import ask
 from mmfind.store.catalog import ItemHit, display_path
 
 
@@ -76,6 +77,12 @@ def query_command(
     table: Annotated[
         bool, typer.Option("--table", help="A table even when the output is not a terminal.")
     ] = False,
+    server: Annotated[
+        bool,
+        typer.Option(
+            help="Use a running `mmfind serve` for this index when there is one (much faster)."
+        ),
+    ] = True,
 ) -> None:
     """Search the index by text, example images and/or example sounds.
 
@@ -97,7 +104,10 @@ def query_command(
         min_score=min_score,
         all_moments=all_moments,
     )
-    response = run_query(config.index_dir(index), query, device=device)
+    index_dir = config.index_dir(index)
+    response = ask(index_dir, query) if server else None
+    if response is None:
+        response = run_query(index_dir, query, device=device)
     for message in response.notes:
         note(message)
     if json_output:
