@@ -227,3 +227,27 @@ def test_audio_vectors_are_deterministic(
             catalog.close()
 
     np.testing.assert_array_equal(vectors(tmp_path / "a"), vectors(tmp_path / "b"))
+
+
+def test_a_photo_query_finds_the_video_moment_that_looks_like_it(
+    tmp_path: Path, encoders: dict[str, object]
+) -> None:
+    from media_factory import photo_image
+
+    root = tmp_path / "media"
+    root.mkdir()
+    scene = photo_image((160, 120), seed=77)
+    others = [photo_image((160, 120), seed=500 + i) for i in range(4)]
+    frames = [others[0]] * 20 + [others[1]] * 20 + [scene] * 20 + [others[2]] * 20
+    make_video(root / "holiday.mp4", fps=10, frames=frames)  # the scene shows from 4 s to 6 s
+    for i, img in enumerate(others):
+        img.save(root / f"other{i}.jpg", quality=90)
+    probe = tmp_path / "probe.jpg"
+    scene.resize((120, 90)).save(probe, quality=70)
+    idx = tmp_path / "idx"
+    index(idx, root, encoders)
+    response = run_query(idx, Query(images=[str(probe)], limit=3), encoders=encoders)
+    best = response.results[0]
+    assert Path(best.hit.path).name == "holiday.mp4"
+    assert best.hit.start == pytest.approx(4.0, abs=0.11)
+    assert best.hit.kind == "video" and best.hit.space == "clip"
