@@ -333,23 +333,12 @@ class _Run:
                     catalog.record_failure(task.path, task.kind, task.size, RETRY_MTIME, reason)
                     self._count_failure(reason)
                     continue
-                mtime = RETRY_MTIME if dropped else task.mtime_ns
-                row = self.rows.get(task.path)
-                if row is None:
-                    file_id = catalog.insert_file(
-                        task.path, task.kind, task.size, mtime, decoded.digest,
-                        decoded.width, decoded.height, decoded.duration,
-                    )  # fmt: skip
-                    self.summary.new += 1
-                else:
-                    file_id = row.id
-                    catalog.delete_items_of_file(file_id)
-                    catalog.update_file(
-                        file_id, path=task.path, size=task.size, mtime_ns=mtime,
-                        digest=decoded.digest, width=decoded.width, height=decoded.height,
-                        duration=decoded.duration,
-                    )  # fmt: skip
-                    self.summary.updated += 1
+                file_id = self._write_file_row(
+                    task,
+                    RETRY_MTIME if dropped else task.mtime_ns,
+                    decoded.digest,
+                    (decoded.width, decoded.height, decoded.duration),
+                )
                 for payload in payloads:
                     catalog.insert_items(file_id, payload.space, next(vectors), payload.spans)
                 catalog.clear_failures([task.path])
@@ -393,23 +382,35 @@ class _Run:
                 self.summary.moved += 1
             else:
                 source = catalog.files_with_hash(digest)[0]
-                width, height, duration = catalog.file_dimensions(source.id)
-                if row is None:
-                    file_id = catalog.insert_file(
-                        task.path, task.kind, task.size, task.mtime_ns, digest, width, height,
-                        duration,
-                    )  # fmt: skip
-                    self.summary.new += 1
-                else:
-                    file_id = row.id
-                    catalog.delete_items_of_file(file_id)
-                    catalog.update_file(
-                        file_id, path=task.path, size=task.size, mtime_ns=task.mtime_ns,
-                        digest=digest, width=width, height=height, duration=duration,
-                    )  # fmt: skip
-                    self.summary.updated += 1
+                file_id = self._write_file_row(
+                    task, task.mtime_ns, digest, catalog.file_dimensions(source.id)
+                )
                 catalog.copy_items(source.id, file_id)
             catalog.clear_failures([task.path])
+
+    def _write_file_row(
+        self,
+        task: DecodeTask,
+        mtime_ns: int,
+        digest: bytes,
+        shape: tuple[int | None, int | None, float | None],
+    ) -> int:
+        """Insert the file's row (new) or replace its content (updated, old items dropped)."""
+        width, height, duration = shape
+        catalog = self.catalog
+        row = self.rows.get(task.path)
+        if row is None:
+            self.summary.new += 1
+            return catalog.insert_file(
+                task.path, task.kind, task.size, mtime_ns, digest, width, height, duration
+            )
+        catalog.delete_items_of_file(row.id)
+        catalog.update_file(
+            row.id, path=task.path, size=task.size, mtime_ns=mtime_ns, digest=digest,
+            width=width, height=height, duration=duration,
+        )  # fmt: skip
+        self.summary.updated += 1
+        return row.id
 
 
 def payloads_space_name(decoded: Decoded) -> str:

@@ -14,8 +14,10 @@ from pathlib import Path
 import av
 import av.audio.stream
 import av.container
+import media_factory
 import numpy as np
 import soundfile as sf
+from media_factory import make_truncated as make_truncated  # re-exported for audio tests
 
 # Extensions soundfile writes here (libsndfile ≥ 1.1 writes MP3); the rest go through PyAV.
 SOUNDFILE_FORMATS = {
@@ -274,18 +276,8 @@ def make_video(
 # --- broken files --------------------------------------------------------------------------------
 
 
-def make_truncated(src: str | Path, dst: str | Path, keep: float = 0.5) -> Path:
-    """The first `keep` fraction of `src`'s bytes."""
-    data = Path(src).read_bytes()
-    dst = Path(dst)
-    dst.write_bytes(data[: int(len(data) * keep)])
-    return dst
-
-
 def make_random_bytes(path: str | Path, size: int = 50_000, seed: int = 0) -> Path:
-    path = Path(path)
-    path.write_bytes(np.random.default_rng(seed).bytes(size))
-    return path
+    return media_factory.make_random_bytes(path, size=size, seed=seed)
 
 
 # --- text ----------------------------------------------------------------------------------------
