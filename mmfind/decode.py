@@ -260,9 +260,13 @@ def _read_stable(task: DecodeTask) -> bytes:
 class DecodePool:
     """Decodes tasks in worker processes, yielding results as they complete.
 
-    At most `workers * 4` tasks are in flight, so memory stays bounded whatever the library size.
+    At most `in_flight` tasks (default: enough to keep the workers busy while the encoder works
+    through a batch) are submitted at once, and at most `workers` of them videos or recordings,
+    whose results are large; so memory stays bounded whatever the library size.
     workers=0 decodes in this process (no crash isolation; for tiny runs and debugging).
     """
+
+    HEAVY_KINDS = frozenset({"video", "audio"})
 
     def __init__(
         self,
@@ -270,12 +274,14 @@ class DecodePool:
         known: Iterable[bytes] = (),
         *,
         workers: int = 1,
+        in_flight: int | None = None,
         decode: Callable[[DecodeTask], DecodeResult] = decode_one,
     ) -> None:
         self.decode = decode  # a module-level function (it is pickled to spawned workers)
         self.config = config
         self.known = frozenset(known)
         self.workers = workers
+        self.limit = max(in_flight or 0, workers * 4)
         self.crashes = 0
         self._executor: ProcessPoolExecutor | None = None
 
@@ -312,18 +318,21 @@ class DecodePool:
                 yield self.decode(task)
             return
         pending = iter(tasks)
-        limit = self.workers * 4
         in_flight: dict[Future[DecodeResult], DecodeTask] = {}
         suspects: deque[DecodeTask] = deque()
-        exhausted = False
+        held: DecodeTask | None = None  # a heavy task waiting for a heavy slot
         while True:
-            while not exhausted and len(in_flight) < limit:
-                next_task = next(pending, None)
+            while len(in_flight) < self.limit:
+                next_task = held or next(pending, None)
+                held = None
                 if next_task is None:
-                    exhausted = True
+                    break
+                heavy = sum(t.kind in self.HEAVY_KINDS for t in in_flight.values())
+                if next_task.kind in self.HEAVY_KINDS and heavy >= self.workers:
+                    held = next_task
                     break
                 in_flight[self._pool(self.workers).submit(self.decode, next_task)] = next_task
-            if not in_flight:
+            if not in_flight:  # (a held task always has a heavy one in flight before it)
                 break
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             broken = False

@@ -256,7 +256,10 @@ class _Run:
         done = 0
         total = len(tasks)
         self.report("index", 0, total)
-        with DecodePool(config, known, workers=min(self.options.workers, total)) as pool:
+        workers = min(self.options.workers, total)
+        with DecodePool(
+            config, known, workers=workers, in_flight=2 * self.options.batch_size
+        ) as pool:
             for result in pool.run(tasks):
                 if isinstance(result, Decoded):
                     pending.append(result)

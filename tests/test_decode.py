@@ -84,3 +84,40 @@ def test_a_crashing_decoder_costs_one_file(tmp_path: Path) -> None:
     assert isinstance(failed, Failed) and "crashed" in failed.reason
     assert all(isinstance(by_path[str(p)], Decoded) for p in paths)
     assert crashes == 1
+
+
+def test_in_flight_work_is_bounded_and_heavy_files_are_few(tmp_path: Path) -> None:
+    """Large results (videos, recordings) never pile up: at most `workers` heavy tasks."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock = threading.Lock()
+    now = {"all": 0, "heavy": 0}
+    peak = {"all": 0, "heavy": 0}
+
+    def slow_decode(task: DecodeTask) -> Failed:
+        heavy = task.kind == "video"
+        with lock:
+            now["all"] += 1
+            now["heavy"] += heavy
+            peak["all"] = max(peak["all"], now["all"])
+            peak["heavy"] = max(peak["heavy"], now["heavy"])
+        time.sleep(0.01)
+        with lock:
+            now["all"] -= 1
+            now["heavy"] -= heavy
+        return Failed(task, "ok")
+
+    class ThreadedPool(DecodePool):
+        def _pool(self, workers: int) -> ThreadPoolExecutor:  # type: ignore[override]
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=16)  # type: ignore[assignment]
+            return self._executor  # type: ignore[return-value]
+
+    tasks = [DecodeTask(f"/x/{i}", "video" if i % 3 == 0 else "image", 1, 1) for i in range(60)]
+    with ThreadedPool(CONFIG, workers=2, in_flight=12, decode=slow_decode) as pool:
+        results = list(pool.run(tasks))
+    assert sorted(r.task.path for r in results) == sorted(t.path for t in tasks)
+    assert peak["heavy"] == 2  # = workers
+    assert 8 <= peak["all"] <= 12
