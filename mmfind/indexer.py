@@ -211,7 +211,8 @@ class _Run:
         for space in catalog.spaces():
             if not self.ann.is_current(space.name, space.dim, space.model):
                 self.ann.sync(space.name, space.dim, space.model)
-        self.summary.models = {s.name: s.model for s in catalog.spaces()}
+        declared = {s.name: s.model for s in catalog.spaces()}
+        self.summary.models = {name: declared[name] for name in SPACES if name in declared}
         with catalog.atomic():
             catalog.mark_roots_indexed(roots, time.time())
             catalog.finish_run(run_id, json.dumps(self.summary.counts()))
