@@ -287,11 +287,14 @@ class Searcher:
         index_dir: Path,
         space: SpaceInfo,
         cache: AnnCache | None = None,
+        *,
+        ef: int | None = None,
     ) -> None:
         self.catalog = catalog
         self.index_dir = index_dir
         self.space = space
         self.cache = cache
+        self.ef = ef  # hnswlib's search breadth (None: the default)
         self.notes: list[str] = []
         self._ann: tuple[AnnIndex, int, int] | None = None
 
@@ -354,7 +357,7 @@ class Searcher:
         k = min(live_in_ann, max(query.limit * 4, 40))
         while True:
             try:
-                labels, scores = ann.search(vector, k)
+                labels, scores = ann.search(vector, k, ef=self.ef)
             except ValueError:  # the graph cannot yield k live neighbours: be exact instead
                 return self._exact(vector, query, within, kinds, exclude)
             candidates = dict(tail)

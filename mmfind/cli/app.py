@@ -88,12 +88,14 @@ def _root(
 
 
 def _register() -> None:
+    from mmfind.cli import eval as eval_cli
     from mmfind.cli import index, info, query, serve
 
     app.command("index")(index.index_command)
     app.command("query")(query.query_command)
     app.command("info")(info.info_command)
     app.command("serve")(serve.serve_command)
+    app.command("eval")(eval_cli.eval_command)
 
 
 _register()

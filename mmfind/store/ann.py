@@ -122,11 +122,14 @@ class AnnIndex:
                 continue  # not in this file (added and deleted since it was written)
         return done
 
-    def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to k (ids, cosine scores); k is clamped by the caller to the live count."""
+    def search(
+        self, vector: np.ndarray, k: int, *, ef: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Up to k (ids, cosine scores); k is clamped by the caller to the live count.
+        `ef` (default EF_SEARCH) is raised to k when smaller, as hnswlib needs."""
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        self.index.set_ef(max(EF_SEARCH, k))
+        self.index.set_ef(max(ef or EF_SEARCH, k))
         try:
             labels, distances = self.index.knn_query(vector.reshape(1, -1).astype(np.float32), k=k)
         except RuntimeError as exc:  # hnswlib found fewer than k live neighbours
