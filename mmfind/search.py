@@ -169,6 +169,20 @@ class AnnCache:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[tuple[str, str], tuple[AnnIndex, int, int]]] = {}
+        self._samples: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, str], np.ndarray]] = {}
+
+    def sample(self, catalog: Catalog, space: str, kinds: tuple[str, ...], n: int) -> np.ndarray:
+        """A population's calibration sample, kept while the space's ANN file stays the same
+        (an index run that changes the space writes a new one)."""
+        state = AnnState.read(catalog, space)
+        key = (state.file, state.digest) if state is not None else None
+        cached = self._samples.get((space, kinds))
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        sample = catalog.sample_vectors(space, n, kinds=kinds)
+        if key is not None:
+            self._samples[(space, kinds)] = (key, sample)
+        return sample
 
     def get(self, space: str, key: tuple[str, str]) -> tuple[AnnIndex, int, int] | None:
         entry = self._entries.get(space)
@@ -215,7 +229,9 @@ def run_query(
             scoped = replace(query, kinds=kinds)
             scored = searchers[space].search(vectors[space], scoped, exclude=exclude)
             mean, std = (
-                _calibration(catalog, space, kinds, vectors[space]) if calibrated else (0.0, 1.0)
+                _calibration(catalog, space, kinds, vectors[space], ann_cache)
+                if calibrated
+                else (0.0, 1.0)
             )
             merged.extend(((cos - mean) / std, cos, hit) for cos, hit in scored)
         for searcher in searchers.values():
@@ -235,15 +251,22 @@ def _populations(
         if space not in targets:
             continue
         kept = tuple(k for k in kinds if not query.kinds or k in query.kinds)
-        if kept and catalog.count_filtered(space, (), kept) > 0:
+        if kept and catalog.has_items(space, kept):
             chosen.append((space, kept))
     return chosen
 
 
 def _calibration(
-    catalog: Catalog, space: str, kinds: Sequence[str], vector: np.ndarray
+    catalog: Catalog,
+    space: str,
+    kinds: tuple[str, ...],
+    vector: np.ndarray,
+    cache: AnnCache | None,
 ) -> tuple[float, float]:
-    sample = catalog.sample_vectors(space, CALIBRATION_SAMPLE, kinds=kinds)
+    if cache is not None:
+        sample = cache.sample(catalog, space, kinds, CALIBRATION_SAMPLE)
+    else:
+        sample = catalog.sample_vectors(space, CALIBRATION_SAMPLE, kinds=kinds)
     if len(sample) == 0:
         return 0.0, 1.0
     scores = sample @ vector
@@ -344,12 +367,14 @@ class Searcher:
         within = [os.path.abspath(d) for d in query.within]
         kinds = list(query.kinds)
         name = self.space.name
-        if within or kinds:
-            matching = self.catalog.count_filtered(name, within, kinds)
-            if matching == self.catalog.item_count(name):
-                within, kinds = [], []  # the filter keeps everything: the ANN serves as is
-            elif matching <= EXACT_FILTER_LIMIT:
-                return self._exact(vector, query, within, kinds, exclude)
+        if kinds and not within:
+            present = self.catalog.kinds_present() & set(SPACE_KINDS[name])
+            if present <= set(kinds):
+                kinds = []  # the filter keeps every item of the space: the ANN serves as is
+        if (within or kinds) and self.catalog.count_filtered(name, within, kinds) <= (
+            EXACT_FILTER_LIMIT
+        ):
+            return self._exact(vector, query, within, kinds, exclude)
         ann, covered, live_in_ann = self.ann()
         tail: dict[int, float] = {}
         for ids, vectors in self.catalog.iter_vectors(name, after_id=covered):

@@ -486,22 +486,46 @@ class Catalog:
         return np.stack([np.frombuffer(r[0], dtype=np.float32) for r in rows])
 
     def sample_vectors(self, space: str, n: int = 1000, *, kinds: Sequence[str] = ()) -> np.ndarray:
-        """About n vectors of a space (of files of these kinds), evenly spread over item ids
-        (deterministic)."""
+        """Up to n vectors of a space (of files of these kinds), deterministic: the items at
+        3n evenly spaced ids (primary-key lookups, no scan); for a population too sparse for
+        that, its first n items (reached through the kind index)."""
         where, params = _filters((), kinds)
-        join = "FROM items i JOIN files f ON f.id=i.file_id WHERE i.space=?" + where
-        total = int(self.conn.execute(f"SELECT count(*) {join}", [space, *params]).fetchone()[0])
-        step = max(1, total // n)
-        rows = self.conn.execute(
-            f"SELECT i.vector {join} AND i.id % ? = 0 LIMIT ?", [space, *params, step, n]
-        ).fetchall()
-        if len(rows) < min(total, 2):
+        low, high = self.conn.execute(
+            "SELECT min(id), max(id) FROM items WHERE space=?", (space,)
+        ).fetchone()
+        if low is None:
+            return np.zeros((0, 0), dtype=np.float32)
+        probes = sorted({int(x) for x in np.linspace(low, high, num=3 * n)})
+        rows = []
+        for start in range(0, len(probes), 900):
+            chunk = probes[start : start + 900]
+            rows += self.conn.execute(
+                "SELECT i.vector FROM items i CROSS JOIN files f ON f.id=i.file_id "
+                f"WHERE i.id IN ({','.join('?' * len(chunk))}) AND i.space=?{where}",
+                [*chunk, space, *params],
+            ).fetchall()
+        if len(rows) < min(n, 100):
             rows = self.conn.execute(
-                f"SELECT i.vector {join} LIMIT ?", [space, *params, n]
+                "SELECT i.vector FROM files f CROSS JOIN items i ON i.file_id=f.id "
+                f"WHERE i.space=?{where} ORDER BY i.id LIMIT ?",
+                [space, *params, n],
             ).fetchall()
         if not rows:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([np.frombuffer(r[0], dtype=np.float32) for r in rows])
+        return np.stack([np.frombuffer(r[0], dtype=np.float32) for r in rows[:n]])
+
+    def has_items(self, space: str, kinds: Sequence[str]) -> bool:
+        """Whether any file of these kinds has items in the space (index lookups only)."""
+        marks = ",".join("?" * len(kinds))
+        row = self.conn.execute(
+            f"SELECT 1 FROM files f WHERE f.kind IN ({marks}) AND EXISTS "
+            "(SELECT 1 FROM items i WHERE i.file_id=f.id AND i.space=?) LIMIT 1",
+            [*kinds, space],
+        ).fetchone()
+        return row is not None
+
+    def kinds_present(self) -> set[str]:
+        return {str(r[0]) for r in self.conn.execute("SELECT DISTINCT kind FROM files")}
 
     def tombstones(self, space: str) -> list[int]:
         rows = self.conn.execute("SELECT item_id FROM tombstones WHERE space=?", (space,))
@@ -531,7 +555,8 @@ class Catalog:
             rows = self.conn.execute(
                 "SELECT i.id, f.id, f.path, f.kind, f.size, f.mtime_ns, f.width, f.height, "
                 "i.start_s, i.end_s, i.space, i.line_start, i.line_end, f.duration "
-                "FROM items i JOIN files f ON f.id=i.file_id "
+                # items first: the planner must not scan files by kind for a handful of ids
+                "FROM items i CROSS JOIN files f ON f.id=i.file_id "
                 f"WHERE i.id IN ({marks}){where}",
                 [*chunk, *params],
             )
@@ -545,7 +570,8 @@ class Catalog:
     def count_filtered(self, space: str, within: Sequence[str], kinds: Sequence[str]) -> int:
         where, params = _filters(within, kinds)
         row = self.conn.execute(
-            f"SELECT count(*) FROM items i JOIN files f ON f.id=i.file_id WHERE i.space=?{where}",
+            "SELECT count(*) FROM files f CROSS JOIN items i ON i.file_id=f.id "
+            f"WHERE i.space=?{where}",
             [space, *params],
         ).fetchone()
         return int(row[0])
@@ -555,7 +581,7 @@ class Catalog:
     ) -> tuple[np.ndarray, np.ndarray]:
         where, params = _filters(within, kinds)
         rows = self.conn.execute(
-            "SELECT i.id, i.vector FROM items i JOIN files f ON f.id=i.file_id "
+            "SELECT i.id, i.vector FROM files f CROSS JOIN items i ON i.file_id=f.id "
             f"WHERE i.space=?{where} ORDER BY i.id",
             [space, *params],
         ).fetchall()
