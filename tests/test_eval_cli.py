@@ -22,7 +22,7 @@ from media_factory import make_near_duplicate, make_photo
 from typer.testing import CliRunner
 
 from mmfind.cli.app import app
-from mmfind.evaluate.runner import text_query_vectors
+from mmfind.evaluate.galleries import text_query_vectors
 from mmfind.search import Query, query_vector, run_query
 from mmfind.store.catalog import Catalog
 
