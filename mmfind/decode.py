@@ -164,15 +164,22 @@ def decode_one(task: DecodeTask) -> DecodeResult:
                 return Known(task, digest)
             result = _DECODERS[task.kind](task, digest, _config)
         _check_unchanged(task, os.stat(task.path), "changed while being read")
+        if isinstance(result, Decoded) and result.warning:
+            result.warning = _one_line(result.warning)
         return result
     except MediaError as exc:
-        return Failed(task, exc.reason)
+        return Failed(task, _one_line(exc.reason))
     except _Changed as exc:
         return Failed(task, str(exc))
     except OSError as exc:
-        return Failed(task, f"cannot read: {exc.strerror or exc}")
+        return Failed(task, _one_line(f"cannot read: {exc.strerror or exc}"))
     except Exception as exc:  # a decoder bug on one file must not end the run: record it
-        return Failed(task, f"decoder error: {type(exc).__name__}: {exc}")
+        return Failed(task, _one_line(f"decoder error: {type(exc).__name__}: {exc}"))
+
+
+def _one_line(reason: str) -> str:
+    """Native decoders' messages may hold newlines; a reason is one line (`info --failures`)."""
+    return " ".join(reason.split()) or "unknown error"
 
 
 def _decode_image(task: DecodeTask, digest: bytes, data: bytes, cfg: DecodeConfig) -> Decoded:

@@ -51,6 +51,8 @@ _TRANSPOSE = {
 # LibRaw's `flip` (bit 0: mirror, bit 1: upside down, bit 2: transpose) → EXIF orientation.
 _LIBRAW_FLIP = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
 
+# A resize larger than this many times the model's input resamples only what the crop keeps.
+_FULL_RESIZE_LIMIT = 16
 _HIGH_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 _PLAIN_MODES = frozenset({"1", "L", "P", "RGBX", "CMYK", "YCbCr", "HSV"})
 
@@ -135,12 +137,11 @@ def fit_image(img: Image.Image, spec: ImageSpec) -> np.ndarray:
     elif th == tw:  # shortest, square: torchvision Resize(int) then CenterCrop
         short, long = min(w, h), max(w, h)
         new_short, new_long = th, int(th * long / short)
-        img = _resize(img, (new_short, new_long) if w <= h else (new_long, new_short), resample)
-        img = _center_crop_or_pad(img, th, tw, 0)
+        size = (new_short, new_long) if w <= h else (new_long, new_short)
+        img = _resize_then_crop(img, size, th, tw, resample)
     else:  # shortest, non-square: open_clip uses ResizeKeepRatio with its default (bicubic)
         size = _keep_ratio_size(w, h, th, tw, longest=0.0)
-        img = _resize(img, size, Image.Resampling.BICUBIC)
-        img = _center_crop_or_pad(img, th, tw, 0)
+        img = _resize_then_crop(img, size, th, tw, Image.Resampling.BICUBIC)
     return np.array(img)
 
 
@@ -336,6 +337,23 @@ def _keep_ratio_size(w: int, h: int, th: int, tw: int, longest: float) -> tuple[
     ratio_h, ratio_w = h / th, w / tw
     ratio = max(ratio_h, ratio_w) * longest + min(ratio_h, ratio_w) * (1.0 - longest)
     return max(1, round(w / ratio)), max(1, round(h / ratio))  # ≥ 1: open_clip would crash
+
+
+def _resize_then_crop(
+    img: Image.Image, size: tuple[int, int], th: int, tw: int, resample: Image.Resampling
+) -> Image.Image:
+    """`_resize` to `size`, then `_center_crop_or_pad`. When the resized picture would be far
+    larger than the crop (a 1×60000 strip resized so that its short side fits), only the part
+    the crop keeps is resampled (Pillow's `box`: the same source coordinates and filter support;
+    on photos the pixels match to within rounding, ±2 levels), instead of allocating gigabytes
+    and minutes of work for a 300-byte file."""
+    nw, nh = size
+    if nw * nh <= _FULL_RESIZE_LIMIT * tw * th or nw < tw or nh < th:
+        return _center_crop_or_pad(_resize(img, size, resample), th, tw, 0)
+    left, top = round((nw - tw) / 2.0), round((nh - th) / 2.0)
+    sx, sy = img.width / nw, img.height / nh
+    box = (left * sx, top * sy, (left + tw) * sx, (top + th) * sy)
+    return img.resize((tw, th), resample, box=box)
 
 
 def _center_crop_or_pad(img: Image.Image, th: int, tw: int, fill: int) -> Image.Image:
