@@ -117,3 +117,20 @@ def test_devices() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA"):
             resolve_device("cuda")
+
+
+def test_trimmed_text_tower_equals_open_clips_encode_text(tiny_encoder: object) -> None:
+    """The fast text path (run only up to the last end-of-text token) changes nothing."""
+    texts = [
+        "",
+        "a dog",
+        "a much longer sentence about a white cat sitting on green grass in the afternoon sun",
+        "x " * 60,  # truncated at the context length: nothing to trim
+    ]
+    tokens = tiny_encoder.tokenizer(texts)  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        full = tiny_encoder.model.encode_text(tokens)  # type: ignore[attr-defined]
+        trimmed = tiny_encoder._encode_tokens(tokens)  # type: ignore[attr-defined]
+        one = tiny_encoder._encode_tokens(tokens[1:2])  # type: ignore[attr-defined]
+    np.testing.assert_allclose(trimmed.numpy(), full.numpy(), atol=1e-5)
+    np.testing.assert_allclose(one.numpy()[0], full.numpy()[1], atol=1e-5)

@@ -66,8 +66,37 @@ class OpenClipEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         tokens = self.tokenizer(list(texts)).to(self.device)
         with torch.inference_mode():
-            features = self.model.encode_text(tokens)
+            features = self._encode_tokens(tokens)
         return _unit(features)
+
+    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """open_clip's encode_text, run only up to the last end-of-text token of the batch.
+
+        CLIP's text tower is causal (each position attends to earlier ones only) and pools the
+        end-of-text position, so the padding after it cannot change the result: a short query
+        costs its own length, not the full 77-token context (about 8x less work for a few words).
+        Models whose text tower is not of that kind run open_clip's own encode_text."""
+        import open_clip
+        from open_clip.transformer import text_global_pool
+
+        model = self.model
+        mask = getattr(model, "attn_mask", None)
+        if (
+            type(model) is not open_clip.model.CLIP
+            or getattr(model, "text_pool_type", None) != "argmax"
+            or mask is None
+        ):
+            return model.encode_text(tokens)
+        length = int(tokens.argmax(dim=-1).max()) + 1
+        tokens = tokens[:, :length]
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+        x = model.transformer(x, attn_mask=mask[:length, :length])
+        x = text_global_pool(model.ln_final(x), tokens, "argmax")
+        projection = model.text_projection
+        if projection is None:
+            return x
+        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
 
 
 def _unit(features: torch.Tensor) -> np.ndarray:
