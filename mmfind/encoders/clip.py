@@ -86,17 +86,21 @@ class OpenClipEncoder:
             or getattr(model, "text_pool_type", None) != "argmax"
             or mask is None
         ):
-            return model.encode_text(tokens)
+            full: torch.Tensor = model.encode_text(tokens)
+            return full
         length = int(tokens.argmax(dim=-1).max()) + 1
         tokens = tokens[:, :length]
         cast = model.transformer.get_cast_dtype()
         x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
         x = model.transformer(x, attn_mask=mask[:length, :length])
-        x = text_global_pool(model.ln_final(x), tokens, "argmax")
+        pooled: torch.Tensor = text_global_pool(model.ln_final(x), tokens, "argmax")
         projection = model.text_projection
         if projection is None:
-            return x
-        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+            return pooled
+        projected: torch.Tensor = (
+            projection(pooled) if isinstance(projection, torch.nn.Linear) else pooled @ projection
+        )
+        return projected
 
 
 def _unit(features: torch.Tensor) -> np.ndarray:
