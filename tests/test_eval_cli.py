@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from mmfind.cli.app import app
 from mmfind.evaluate.galleries import text_query_vectors
 from mmfind.search import Query, query_vector, run_query
+from mmfind.store.ann import EF_SEARCH
 from mmfind.store.catalog import Catalog
 
 MODEL = "test-tiny"
@@ -239,7 +240,7 @@ def test_class_folders_image_to_image_and_zero_shot(classes: Path, tmp_path: Pat
     assert sorted(r["query"] for r in zero_shot) == ["cat", "owl", "red_fox"]
     classify = [r for r in records if r["direction"] == "image_to_text"]
     assert classify[0]["relevant"] == ["cat"]
-    assert {run["ef"] for run in doc["ann"]["runs"]} == {128}
+    assert {run["ef"] for run in doc["ann"]["runs"]} == {EF_SEARCH}
     assert set(doc["ann"]["runs"][0]) == {"ef", "image_to_image", "text_to_image"}
     assert doc["ann"]["runs"][0]["image_to_image"]["ann_recall@1"] == 1.0
 
