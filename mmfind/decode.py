@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -88,6 +90,7 @@ class Known:
 class Failed:
     task: DecodeTask
     reason: str
+    retry: bool = False  # the file could not be read (permissions, gone): not its content's fault
 
 
 DecodeResult = Decoded | Known | Failed
@@ -116,11 +119,21 @@ def _init_worker(config: DecodeConfig, known: frozenset[bytes]) -> None:
 
 def _init_worker_process(config: DecodeConfig, known: frozenset[bytes]) -> None:
     """Worker start: native decoders (LibRaw, libtiff, FFmpeg) write to fd 2 directly; their
-    noise would tear the progress display, and every failure is reported through its result."""
+    noise would tear the progress display, and every failure is reported through its result.
+    A worker leaves with the run that started it: a run killed with SIGKILL cannot shut its
+    pool down, and the workers, blocked on a queue whose write end they hold, would wait forever."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _init_worker(config, known)
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    while os.getppid() == parent:  # an orphan is re-parented (to init or a subreaper)
+        time.sleep(every_s)
+    os._exit(1)
 
 
 def content_hash(data: bytes) -> bytes:
@@ -172,7 +185,7 @@ def decode_one(task: DecodeTask) -> DecodeResult:
     except _Changed as exc:
         return Failed(task, str(exc))
     except OSError as exc:
-        return Failed(task, _one_line(f"cannot read: {exc.strerror or exc}"))
+        return Failed(task, _one_line(f"cannot read: {exc.strerror or exc}"), retry=True)
     except Exception as exc:  # a decoder bug on one file must not end the run: record it
         return Failed(task, _one_line(f"decoder error: {type(exc).__name__}: {exc}"))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from mmfind.spaces import CLIP as CLIP_SPACE
 from mmfind.store.ann import AnnStore
 from mmfind.store.catalog import Catalog, FailureRow
+from mmfind.store.guard import catalog_errors
 
 
 @dataclass
@@ -31,6 +32,7 @@ class IndexInfo:
     failure_rows: list[FailureRow] = field(default_factory=list)
 
 
+@catalog_errors
 def describe(index_dir: Path, *, with_failures: bool = False) -> IndexInfo:
     catalog = Catalog.open(index_dir, create=False)
     try:

@@ -37,6 +37,7 @@ from mmfind.scan import ScanProblem, is_within, scan
 from mmfind.spaces import CLAP, CLIP, SPACES
 from mmfind.store.ann import AnnStore
 from mmfind.store.catalog import Catalog, FileRow
+from mmfind.store.guard import catalog_errors
 from mmfind.store.lock import writer_lock
 
 Progress = Callable[[str, int, "int | None"], None]
@@ -93,6 +94,7 @@ class IndexSummary:
         return {key: int(getattr(self, key)) for key in SUMMARY_KEYS}
 
 
+@catalog_errors
 def run_index(
     index_dir: Path,
     options: IndexOptions,
@@ -362,9 +364,8 @@ class _Run:
                 if row is not None:  # its old vectors describe content that is gone
                     catalog.delete_files([row.id])
                     self.rows.pop(task.path, None)
-                catalog.record_failure(
-                    task.path, task.kind, task.size, task.mtime_ns, result.reason
-                )
+                mtime = RETRY_MTIME if result.retry else task.mtime_ns  # e.g. permissions
+                catalog.record_failure(task.path, task.kind, task.size, mtime, result.reason)
                 self._count_failure(result.reason)
                 return
             assert isinstance(result, Known)

@@ -32,6 +32,7 @@ from mmfind.models import Models
 from mmfind.spaces import CLAP, CLIP
 from mmfind.store.ann import AnnIndex, AnnState, AnnStore, build_from_catalog
 from mmfind.store.catalog import Catalog, ItemHit, SpaceInfo
+from mmfind.store.guard import catalog_errors
 from mmfind.store.lock import writer_lock
 
 EXACT_FILTER_LIMIT = 50_000  # filtered searches over at most this many items are exact
@@ -192,6 +193,7 @@ class AnnCache:
         self._entries[space] = (key, value)
 
 
+@catalog_errors
 def run_query(
     index_dir: Path,
     query: Query,

@@ -176,10 +176,12 @@ QUERY_OPTIONS = (
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ([], ["index", "query", "info"]),
+        ([], ["index", "query", "info", "serve", "eval", "doctor"]),
         (["index"], INDEX_OPTIONS.split()),
         (["query"], QUERY_OPTIONS.split()),
         (["info"], ["--index", "--failures", "--json"]),
+        (["serve"], ["--index", "--device", "--stop", "--idle-timeout"]),
+        (["doctor"], ["--index", "--repair", "--full", "--json"]),
     ],
 )
 def test_help(command: list[str], options: list[str]) -> None:

@@ -88,14 +88,15 @@ def _root(
 
 
 def _register() -> None:
+    from mmfind.cli import doctor, index, info, query, serve
     from mmfind.cli import eval as eval_cli
-    from mmfind.cli import index, info, query, serve
 
     app.command("index")(index.index_command)
     app.command("query")(query.query_command)
     app.command("info")(info.info_command)
     app.command("serve")(serve.serve_command)
     app.command("eval")(eval_cli.eval_command)
+    app.command("doctor")(doctor.doctor_command)
 
 
 _register()

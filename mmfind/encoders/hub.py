@@ -62,7 +62,11 @@ def load_failure_message(model_id: str, exc: Exception, local_hint: str) -> str:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     lowered = reason.lower()
-    if offline or "connection" in lowered or "cache" in lowered or "offline" in lowered:
+    # local weights (a model folder, or ARCH:/path/to/checkpoint) failed on their own merits
+    local = os.path.isdir(model_id) or os.path.isfile(model_id.partition(":")[2])
+    if not local and (
+        offline or "connection" in lowered or "cache" in lowered or "offline" in lowered
+    ):
         return (
             f"cannot load model {model_id}: its weights are not in the Hugging Face cache "
             f"({cache_dir()}) and {host} cannot be reached. Connect once to download them, or "

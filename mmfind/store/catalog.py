@@ -237,6 +237,8 @@ class Catalog:
             if name in applied:
                 continue
             with self.atomic():
+                if self.conn.execute("SELECT 1 FROM migrations WHERE name=?", (name,)).fetchone():
+                    continue  # another process applied it while this one waited for the lock
                 for statement in _statements(sql):
                     self.conn.execute(statement)
                 self.conn.execute(
