@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.mmfind-installed
 MODEL  ?=
 DEMO_INDEX ?= $(CURDIR)/demo-index
 
-.PHONY: install test test-slow demo lint format clean
+.PHONY: install test test-slow demo lint format clean bench bench-quick
 
 install: $(STAMP)
 
@@ -37,3 +37,12 @@ format: install
 
 clean:
 	rm -rf $(DEMO_INDEX) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks of issue 5: write bench/results.json and bench/RESULTS.md (inputs generated under
+# bench/corpus/, git-ignored). bench-quick: a few minutes on 2 cores; bench: 1M-vector ANN and
+# larger corpora (well over half an hour on 2 cores).
+bench: install
+	$(PY) -m bench.run --mode full --label "make bench"
+
+bench-quick: install
+	$(PY) -m bench.run --mode quick --label "make bench-quick"
