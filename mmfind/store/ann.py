@@ -25,7 +25,7 @@ from mmfind.store.catalog import Catalog
 
 M = 16
 EF_CONSTRUCTION = 200
-EF_SEARCH = 256  # recall@10 0.986 at 100k (0.967 at 128), p50 ~1 ms: bench/RESULTS.md
+EF_SEARCH = 256  # recall@10 0.986 at 100k (0.967 at 128), p50 ~1 ms (make bench-quick)
 REBUILD_DELETED_FRACTION = 0.25
 
 
