@@ -9,21 +9,11 @@ from contextlib import ExitStack, contextmanager
 from typing import IO, Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from mmfind.cli.app import handles_errors
 from mmfind.cli.render import (
-    err_console,
+    PhaseProgress,
     note,
     out_console,
     print_json,
@@ -217,7 +207,7 @@ def eval_command(
     )
     with ExitStack() as stack:
         sink = stack.enter_context(_per_query_sink(per_query)) if per_query else None
-        reporter = _Reporter() if stderr_is_tty() else None
+        reporter = PhaseProgress(_LABELS) if stderr_is_tty() else None
         if reporter is not None:
             stack.enter_context(reporter.progress)
         result = run_eval(path, options, progress=reporter, per_query=sink)
@@ -266,32 +256,6 @@ def _per_query_sink(target: str) -> Iterator[_JsonLines]:
         raise InputError(f"cannot write --per-query file {target}: {exc.strerror}") from None
     with fh:
         yield _JsonLines(fh)
-
-
-class _Reporter:
-    """Rich progress on stderr, one bar per phase."""
-
-    def __init__(self) -> None:
-        self.progress = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err_console(),
-            transient=True,
-        )
-        self.tasks: dict[str, TaskID] = {}
-
-    def __call__(self, phase: str, done: int, total: int | None) -> None:
-        task = self.tasks.get(phase)
-        if task is None:
-            for other in self.tasks.values():
-                self.progress.update(other, visible=False)
-            task = self.progress.add_task(_LABELS.get(phase, phase), total=total)
-            self.tasks[phase] = task
-        self.progress.update(task, completed=done, total=total)
 
 
 # -- rendering ---------------------------------------------------------------------------------

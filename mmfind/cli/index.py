@@ -6,22 +6,12 @@ from contextlib import nullcontext
 from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from mmfind import config
 from mmfind.cli.app import IndexOption, handles_errors
 from mmfind.cli.render import (
-    err_console,
+    PhaseProgress,
     out_console,
     print_json,
     stderr_is_tty,
@@ -136,7 +126,7 @@ def index_command(
         wait_s=wait,
     )
     show_progress = stderr_is_tty() and not quiet
-    reporter = _ProgressReporter() if show_progress else None
+    reporter = PhaseProgress(_LABELS, rated=frozenset({"index"})) if show_progress else None
     with reporter.progress if reporter else nullcontext():
         summary = run_index(config.index_dir(index), options, progress=reporter)
     if json_output:
@@ -145,38 +135,12 @@ def index_command(
         _print_summary(summary)
 
 
-class _ProgressReporter:
-    def __init__(self) -> None:
-        self.progress = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err_console(),
-            transient=True,
-        )
-        self.tasks: dict[str, TaskID] = {}
-
-    def __call__(self, phase: str, done: int, total: int | None) -> None:
-        labels = {
-            "scan": "Scanning",
-            "model": "Loading model",
-            "index": "Indexing",
-            "finish": "Saving search index",
-        }
-        task = self.tasks.get(phase)
-        if task is None:
-            for other in self.tasks.values():
-                self.progress.update(other, visible=False)
-            task = self.progress.add_task(labels.get(phase, phase), total=total, rate="")
-            self.tasks[phase] = task
-        self.progress.update(task, completed=done, total=total)
-        elapsed = self.progress.tasks[task].elapsed or 0.0
-        if phase == "index" and elapsed > 0.5 and done:
-            self.progress.update(task, rate=f"{done / elapsed:.1f}/s")
+_LABELS = {
+    "scan": "Scanning",
+    "model": "Loading model",
+    "index": "Indexing",
+    "finish": "Saving search index",
+}
 
 
 def _print_summary(summary: IndexSummary) -> None:

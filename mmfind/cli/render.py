@@ -119,3 +119,46 @@ def mmss(seconds: float | None) -> str:
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+class PhaseProgress:
+    """Rich progress on stderr for a core that reports `progress(phase, done, total)`: one bar
+    per phase (the previous one hidden), with a rate for the phases named in `rated`."""
+
+    def __init__(self, labels: dict[str, str], *, rated: frozenset[str] = frozenset()) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.labels = labels
+        self.rated = rated
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console(),
+            transient=True,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        task = self.tasks.get(phase)
+        if task is None:
+            for other in self.tasks.values():
+                self.progress.update(other, visible=False)
+            task = self.progress.add_task(self.labels.get(phase, phase), total=total, rate="")
+            self.tasks[phase] = task
+        self.progress.update(task, completed=done, total=total)
+        elapsed = self.progress.tasks[task].elapsed or 0.0
+        if phase in self.rated and elapsed > 0.5 and done:
+            self.progress.update(task, rate=f"{done / elapsed:.1f}/s")
