@@ -31,6 +31,7 @@ from mmfind.media.audio import (
     window_audio,
 )
 from mmfind.media.image import DEFAULT_MAX_PIXELS, ImageSpec, prepare_image
+from mmfind.media.jpeg_probe import probe_jpeg
 from mmfind.media.text import (
     DEFAULT_CHUNK_TOKENS,
     DEFAULT_CHUNK_WORDS,
@@ -52,6 +53,9 @@ class DecodeTask:
     kind: str
     size: int
     mtime_ns: int
+    # An image that is a plain JPEG comes back as its bytes (a "jpeg" payload) for the batched
+    # (GPU) decoder, not as pixels; see mmfind.media.jpeg_probe.
+    jpeg_bytes: bool = False
 
 
 @dataclass
@@ -59,8 +63,10 @@ class Payload:
     """What one file gives one embedding space: pixels, audio windows or text chunks."""
 
     space: str
-    modality: str  # "pixels" | "audio" | "text"
-    data: Any  # np.ndarray (N, H, W, 3) uint8 | np.ndarray (N, samples) float32 | list[str]
+    modality: str  # "pixels" | "audio" | "text" | "jpeg" | "tensor"
+    # np.ndarray (N, H, W, 3) uint8 | np.ndarray (N, samples) float32 | list[str]
+    # | list[EncodedJpeg] | torch.Tensor (N, 3, H, W) model-ready (from mmfind.media.jpeg_batch)
+    data: Any
     spans: ItemSpans = field(default_factory=ItemSpans)
 
     def __len__(self) -> int:
@@ -196,6 +202,13 @@ def _one_line(reason: str) -> str:
 
 
 def _decode_image(task: DecodeTask, digest: bytes, data: bytes, cfg: DecodeConfig) -> Decoded:
+    if task.jpeg_bytes:
+        jpeg = probe_jpeg(data, cfg.spec, max_pixels=cfg.max_pixels)
+        if jpeg is not None:
+            upright = (
+                (jpeg.height, jpeg.width) if jpeg.orientation >= 5 else (jpeg.width, jpeg.height)
+            )
+            return Decoded(task, digest, [Payload(CLIP, "jpeg", [jpeg])], *upright)
     prepared = prepare_image(data, cfg.spec, max_pixels=cfg.max_pixels, name=task.path)
     payload = Payload(CLIP, "pixels", prepared.pixels[np.newaxis])
     return Decoded(task, digest, [payload], prepared.width, prepared.height)
@@ -282,7 +295,9 @@ class DecodePool:
 
     At most `in_flight` tasks (default: enough to keep the workers busy while the encoder works
     through a batch) are submitted at once, and at most `workers` of them videos or recordings,
-    whose results are large; so memory stays bounded whatever the library size.
+    whose results are large; and, with `byte_budget`, tasks that come back as JPEG bytes only
+    while their sizes sum to at most that (one always may); so memory stays bounded whatever the
+    library size.
     workers=0 decodes in this process (no crash isolation; for tiny runs and debugging).
     """
 
@@ -295,6 +310,7 @@ class DecodePool:
         *,
         workers: int = 1,
         in_flight: int | None = None,
+        byte_budget: int | None = None,
         decode: Callable[[DecodeTask], DecodeResult] = decode_one,
     ) -> None:
         self.decode = decode  # a module-level function (it is pickled to spawned workers)
@@ -302,6 +318,7 @@ class DecodePool:
         self.known = frozenset(known)
         self.workers = workers
         self.limit = max(in_flight or 0, workers * 4)
+        self.byte_budget = byte_budget
         self.crashes = 0
         self._executor: ProcessPoolExecutor | None = None
 
@@ -348,11 +365,13 @@ class DecodePool:
                 if next_task is None:
                     break
                 heavy = sum(t.kind in self.HEAVY_KINDS for t in in_flight.values())
-                if next_task.kind in self.HEAVY_KINDS and heavy >= self.workers:
+                if (next_task.kind in self.HEAVY_KINDS and heavy >= self.workers) or (
+                    self._over_budget(next_task, in_flight.values())
+                ):
                     held = next_task
                     break
                 in_flight[self._pool(self.workers).submit(self.decode, next_task)] = next_task
-            if not in_flight:  # (a held task always has a heavy one in flight before it)
+            if not in_flight:  # (a held task always has a heavy or JPEG one in flight before it)
                 break
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             broken = False
@@ -369,6 +388,12 @@ class DecodePool:
                 self._discard_pool()
                 yield from self._isolate(suspects)
                 suspects.clear()
+
+    def _over_budget(self, task: DecodeTask, in_flight: Iterable[DecodeTask]) -> bool:
+        if self.byte_budget is None or not task.jpeg_bytes:
+            return False
+        held = sum(t.size for t in in_flight if t.jpeg_bytes)
+        return held > 0 and held + task.size > self.byte_budget
 
     def _isolate(self, suspects: Iterable[DecodeTask]) -> Iterator[DecodeResult]:
         """Retry each task alone in a one-process pool: a crash now is that file's fault."""

@@ -10,8 +10,8 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,14 @@ from mmfind.decode import (
     Payload,
 )
 from mmfind.errors import ModelError, UsageError
+from mmfind.gpu_decode import (
+    BYTES_IN_FLIGHT,
+    BYTES_PER_BATCH,
+    GPU_DECODE_MODES,
+    JpegStage,
+    create_jpeg_decoder,
+    jpeg_bytes,
+)
 from mmfind.media.audio import DEFAULT_MAX_DURATION_S
 from mmfind.media.image import DEFAULT_MAX_PIXELS
 from mmfind.media.video import DEFAULT_FRAME_INTERVAL_S
@@ -36,7 +44,7 @@ from mmfind.models import Models
 from mmfind.scan import ScanProblem, is_within, scan
 from mmfind.spaces import CLAP, CLIP, SPACES
 from mmfind.store.ann import AnnStore
-from mmfind.store.catalog import Catalog, FileRow
+from mmfind.store.catalog import Catalog, FileRow, display_path
 from mmfind.store.guard import catalog_errors
 from mmfind.store.lock import writer_lock
 
@@ -49,6 +57,7 @@ _ENCODE_METHOD = {
     "pixels": "encode_images",
     "audio": "encode_audio",
     "text": "encode_texts",
+    "tensor": "encode_image_tensor",  # JPEGs decoded by the batched decoder (mmfind.gpu_decode)
 }  # a file row or failure with this mtime is read again by the next run
 
 
@@ -68,6 +77,7 @@ class IndexOptions:
     reembed: bool = False
     retry_failed: bool = False
     wait_s: float = 0.0
+    gpu_decode: str = "auto"  # "auto" | "on" | "off": see mmfind.gpu_decode
 
 
 @dataclass
@@ -110,6 +120,8 @@ def run_index(
     missing = [p for p in options.paths if not os.path.exists(os.path.expanduser(p))]
     if missing:  # before anything is created: a typo must not leave an empty index behind
         raise UsageError(f"no such file or directory: {missing[0]}")
+    if options.gpu_decode not in GPU_DECODE_MODES:
+        raise UsageError(f"bad --gpu-decode {options.gpu_decode!r}: want auto, on or off")
     with writer_lock(index_dir, wait_s=options.wait_s):
         catalog = Catalog.open(index_dir, create=True)
         try:
@@ -149,6 +161,10 @@ class _Run:
         self.gone_by_hash: dict[bytes, list[FileRow]] = {}
         self.unavailable: dict[str, str] = {}  # space -> why its model could not be loaded
         self.skipped_sound = 0
+        self.stage: JpegStage | None = None  # JPEGs decoded on the encoder's device
+        self.fallback: list[DecodeTask] = []  # JPEGs that stage refused: the PIL way
+        self.done = 0
+        self.total = 0
 
     # -- the run -----------------------------------------------------------------------------
     def execute(self) -> IndexSummary:
@@ -254,29 +270,66 @@ class _Run:
             text_max_tokens=max(16, int(clip.context_length) - 5),  # room for start/end marks
         )
         known = set().union(*(self.catalog.known_hashes(s) for s in SPACES))
-        pending: list[Decoded] = []
-        pending_items = 0
-        done = 0
-        total = len(tasks)
-        self.report("index", 0, total)
-        workers = min(self.options.workers, total)
+        decoder = create_jpeg_decoder(clip, self.options.gpu_decode)
+        if decoder is not None:
+            self.stage = JpegStage(decoder)
+            tasks = [replace(t, jpeg_bytes=True) if t.kind == "image" else t for t in tasks]
+        self.done, self.total = 0, len(tasks)
+        self.report("index", 0, self.total)
+        workers = min(self.options.workers, self.total)
         with DecodePool(
-            config, known, workers=workers, in_flight=2 * self.options.batch_size
+            config,
+            known,
+            workers=workers,
+            in_flight=2 * self.options.batch_size,
+            byte_budget=BYTES_IN_FLIGHT if decoder is not None else None,
         ) as pool:
-            for result in pool.run(tasks):
-                if isinstance(result, Decoded):
-                    pending.append(result)
-                    pending_items += sum(len(p) for p in result.payloads)
-                    if pending_items >= self.options.batch_size:
-                        done += self._store_decoded(pending)
-                        pending, pending_items = [], 0
-                else:
-                    self._store_other(result)
-                    done += 1
-                self.report("index", done, total)
-            if pending:
-                done += self._store_decoded(pending)
-                self.report("index", done, total)
+            try:
+                self._consume(pool.run(tasks))
+                retry, self.fallback = self.fallback, []
+                if retry:  # JPEGs the batched decoder refused: decoded the PIL way
+                    self._consume(pool.run(retry))
+            finally:
+                if self.stage is not None:
+                    self.stage.close()
+        self._note_refused()
+
+    def _consume(self, results: Iterable[DecodeResult]) -> None:
+        pending: list[Decoded] = []
+        items = size = 0
+        for result in results:
+            if isinstance(result, Decoded):
+                pending.append(result)
+                items += sum(len(p) for p in result.payloads)
+                size += jpeg_bytes(result)
+                if items >= self.options.batch_size or size >= BYTES_PER_BATCH:
+                    self._store_batch(pending)
+                    pending, items, size = [], 0, 0
+            else:
+                self._store_other(result)
+                self.done += 1
+            self.report("index", self.done, self.total)
+        if pending:
+            self._store_batch(pending)
+        self._store_batch(None)
+        self.report("index", self.done, self.total)
+
+    def _store_batch(self, batch: list[Decoded] | None) -> None:
+        """Encode and store `batch`. With the JPEG stage, `batch` starts its way through it and
+        the batch before it is stored; None stores the batch still in the stage."""
+        if self.stage is not None:
+            batch, refused = self.stage.drain() if batch is None else self.stage.push(batch)
+            self.fallback.extend(refused)
+        if batch:
+            self.done += self._store_decoded(batch)
+
+    def _note_refused(self) -> None:
+        if self.stage is not None and self.stage.refused:
+            path, reason = self.stage.refused[0]
+            self.summary.notes.append(
+                f"{len(self.stage.refused)} JPEG(s) were decoded on the CPU instead: the batched "
+                f"decoder refused them (first: {display_path(path)}: {reason})"
+            )
 
     def _encode(self, payloads: list[Payload]) -> list[np.ndarray]:
         """Vectors for each payload, encoded in batches per space and modality."""
@@ -289,6 +342,10 @@ class _Run:
             encode: Callable[[Any], np.ndarray] = getattr(encoder, _ENCODE_METHOD[modality])
             if modality == "text":
                 inputs: Any = [t for i in indexes for t in payloads[i].data]
+            elif modality == "tensor":
+                from mmfind.media.jpeg_batch import concat
+
+                inputs = concat([payloads[i].data for i in indexes])
             else:
                 inputs = np.concatenate([payloads[i].data for i in indexes])
             step = self.options.batch_size

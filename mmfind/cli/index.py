@@ -102,6 +102,13 @@ def index_command(
     wait: Annotated[
         float, typer.Option(min=0, help="Seconds to wait for another index run to finish.")
     ] = 0.0,
+    gpu_decode: Annotated[
+        str,
+        typer.Option(
+            hidden=True,
+            help="auto, on or off: decode JPEGs batched on the encoder's device (auto: on CUDA).",
+        ),
+    ] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no summary.")] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object.")
@@ -124,6 +131,7 @@ def index_command(
         reembed=reembed,
         retry_failed=retry_failed,
         wait_s=wait,
+        gpu_decode=gpu_decode,
     )
     show_progress = stderr_is_tty() and not quiet
     reporter = PhaseProgress(_LABELS, rated=frozenset({"index"})) if show_progress else None

@@ -43,6 +43,8 @@ class OpenClipEncoder:
         )
         mean = cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)
         std = cfg.get("std", open_clip.OPENAI_DATASET_STD)
+        self.image_mean = tuple(float(v) for v in mean)
+        self.image_std = tuple(float(v) for v in std)
         self._mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
         with torch.inference_mode():
@@ -59,6 +61,15 @@ class OpenClipEncoder:
         x = ((x - self._mean) / self._std).to(self.dtype)
         with torch.inference_mode():
             features = self.model.encode_image(x)
+        return _unit(features)
+
+    def encode_image_tensor(self, x: torch.Tensor) -> np.ndarray:
+        """Model-ready images (N, 3, H, W), normalised with image_mean/image_std, as
+        mmfind.media.jpeg_batch prepares them on this device."""
+        if len(x) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            features = self.model.encode_image(x.to(device=self.device, dtype=self.dtype))
         return _unit(features)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -127,22 +127,38 @@ def fit_image(img: Image.Image, spec: ImageSpec) -> np.ndarray:
     """
     img = to_rgb(img)
     th, tw = spec.size
-    resample = _RESAMPLE[spec.interpolation]
-    w, h = img.size
+    resample = _RESAMPLE[fit_interpolation(spec)]
+    size = fit_size(img.width, img.height, spec)
     if spec.resize_mode == "squash":
-        img = _resize(img, (tw, th), resample)
+        img = _resize(img, size, resample)
     elif spec.resize_mode == "longest":
-        img = _resize(img, _keep_ratio_size(w, h, th, tw, longest=1.0), resample)
-        img = _center_crop_or_pad(img, th, tw, spec.fill_color)
-    elif th == tw:  # shortest, square: torchvision Resize(int) then CenterCrop
-        short, long = min(w, h), max(w, h)
-        new_short, new_long = th, int(th * long / short)
-        size = (new_short, new_long) if w <= h else (new_long, new_short)
+        img = _center_crop_or_pad(_resize(img, size, resample), th, tw, spec.fill_color)
+    else:
         img = _resize_then_crop(img, size, th, tw, resample)
-    else:  # shortest, non-square: open_clip uses ResizeKeepRatio with its default (bicubic)
-        size = _keep_ratio_size(w, h, th, tw, longest=0.0)
-        img = _resize_then_crop(img, size, th, tw, Image.Resampling.BICUBIC)
     return np.array(img)
+
+
+def fit_size(width: int, height: int, spec: ImageSpec) -> tuple[int, int]:
+    """The (width, height) a picture of this size is resized to before the crop or pad."""
+    th, tw = spec.size
+    if spec.resize_mode == "squash":
+        return tw, th
+    if spec.resize_mode == "longest":
+        return _keep_ratio_size(width, height, th, tw, longest=1.0)
+    if th == tw:  # shortest, square: torchvision Resize(int) then CenterCrop
+        short, long = min(width, height), max(width, height)
+        new_long = int(th * long / short)
+        return (th, new_long) if width <= height else (new_long, th)
+    # shortest, non-square: open_clip uses ResizeKeepRatio
+    return _keep_ratio_size(width, height, th, tw, longest=0.0)
+
+
+def fit_interpolation(spec: ImageSpec) -> str:
+    """The resize filter: the spec's, except that open_clip's ResizeKeepRatio is always bicubic."""
+    th, tw = spec.size
+    if spec.resize_mode == "shortest" and th != tw:
+        return "bicubic"
+    return spec.interpolation
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
