@@ -28,6 +28,12 @@ import numpy as np
 import pytest
 from audio_factory import make_noise, make_tone
 from media_factory import make_empty, make_photo, make_random_bytes
+from video_factory import default_codec, make_video
+
+from mmfind.doctor import PROBLEM, run_doctor
+from mmfind.encoders.audio_presets import load_audio_encoder
+from mmfind.indexer import IndexOptions, run_index
+from mmfind.search import Query, run_query
 from robustness.helpers import (
     MODEL,
     CatalogPoller,
@@ -39,12 +45,6 @@ from robustness.helpers import (
     process_group_gone,
     spawn,
 )
-from video_factory import default_codec, make_video
-
-from mmfind.doctor import PROBLEM, run_doctor
-from mmfind.encoders.audio_presets import load_audio_encoder
-from mmfind.indexer import IndexOptions, run_index
-from mmfind.search import Query, run_query
 
 BATCH = 4  # small batches: many commits to land between
 PROGRESS_SQL = "SELECT (SELECT count(*) FROM files) + (SELECT count(*) FROM failures)"

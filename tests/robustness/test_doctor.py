@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from media_factory import make_photo, make_random_bytes
-from robustness.helpers import MODEL, REPO_ROOT, cli, one_line_error
 
 import mmfind.store.catalog as catalog_module
 from mmfind.config import CATALOG_NAME
 from mmfind.doctor import OK, PROBLEM, WARNING, run_doctor
 from mmfind.indexer import IndexOptions, run_index
+from robustness.helpers import MODEL, REPO_ROOT, cli, one_line_error
 
 CHECKS = [
     "catalog", "schema", "items", "ann:clip", "ann files", "roots", "failures", "last run",

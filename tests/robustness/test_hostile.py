@@ -31,7 +31,6 @@ from media_factory import (
     make_truncated,
 )
 from PIL import Image
-from robustness.helpers import MODEL, cli
 from video_factory import default_codec, make_audio_only_mp4, make_video, make_zero_frame_video
 
 import mmfind.decode
@@ -39,6 +38,7 @@ import mmfind.indexer
 from mmfind.decode import DecodePool
 from mmfind.media.image import ImageSpec, fit_image, prepare_image
 from mmfind.store.catalog import Catalog
+from robustness.helpers import MODEL, cli
 
 
 @dataclass(frozen=True)
