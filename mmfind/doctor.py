@@ -306,13 +306,12 @@ def _check_ann(catalog: Catalog, index_dir: Path, space: str) -> Check:
             fix=f"sync:{space}",
         )
     try:
-        ann = AnnIndex.load(path, state.dim, state.count)
-    except ValueError as exc:
+        projection, source = AnnStore(catalog, index_dir).projection_of(space, state)
+        ann = AnnIndex.load(path, state.dim, state.count, projection, source)
+    except (OSError, ValueError) as exc:
         return Check(name, PROBLEM, str(exc), advice=rebuild, fix=f"sync:{space}")
     live = ann.count - state.deleted
-    added = catalog.conn.execute(
-        "SELECT count(*) FROM items WHERE space=? AND id>?", (space, state.max_id)
-    ).fetchone()[0]
+    added = catalog.count_items_between(space, state.max_id)
     removed = len(catalog.tombstones(space))
     summary = f"{state.file}: {live} items, {info.model}, {info.dim} dims"
     if added or removed:

@@ -89,6 +89,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX files_kind ON files(kind);
         """,
     ),
+    (
+        "0003_ann_projections",
+        """
+        CREATE TABLE ann_projections(
+            space TEXT PRIMARY KEY,
+            generation INTEGER NOT NULL,
+            matrix BLOB NOT NULL
+        );
+        """,
+    ),
 ]
 
 BUSY_TIMEOUT_MS = 30_000
@@ -480,6 +490,55 @@ class Catalog:
             vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
             yield ids, vectors
             last = int(ids[-1])
+
+    def count_items_between(self, space: str, after_id: int, up_to: int | None = None) -> int:
+        """Items of a space with after_id < id <= up_to (no upper bound when None)."""
+        row = self.conn.execute(
+            "SELECT count(*) FROM items WHERE space=? AND id>? AND id<=?",
+            (space, after_id, up_to if up_to is not None else 2**63 - 1),
+        ).fetchone()
+        return int(row[0])
+
+    def item_ids(self, space: str, *, up_to: int | None = None) -> np.ndarray:
+        """The ids of a space's items (<= up_to), ascending."""
+        rows = self.conn.execute(
+            "SELECT id FROM items WHERE space=? AND id<=? ORDER BY id",
+            (space, up_to if up_to is not None else 2**63 - 1),
+        )
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def vectors_by_id(self, space: str, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the live items among `ids` (primary-key lookups, any order)."""
+        rows: list[tuple[int, bytes]] = []
+        wanted = [int(i) for i in ids]
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            rows += self.conn.execute(
+                f"SELECT id, vector FROM items WHERE id IN ({','.join('?' * len(chunk))}) "
+                "AND space=?",
+                [*chunk, space],
+            ).fetchall()
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        found = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return found, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+
+    def ann_projection(self, space: str, generation: int) -> bytes | None:
+        """The projection matrix saved with generation `generation` of a space's ANN file."""
+        row = self.conn.execute(
+            "SELECT matrix FROM ann_projections WHERE space=? AND generation=?",
+            (space, generation),
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_ann_projection(self, space: str, generation: int, matrix: bytes | None) -> None:
+        """Name the projection of a new ANN generation (None: that generation has none)."""
+        self.conn.execute("DELETE FROM ann_projections WHERE space=?", (space,))
+        if matrix is not None:
+            self.conn.execute(
+                "INSERT INTO ann_projections(space, generation, matrix) VALUES (?, ?, ?)",
+                (space, generation, matrix),
+            )
 
     def vectors_of_file(self, file_id: int) -> np.ndarray:
         rows = self.conn.execute(
