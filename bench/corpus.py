@@ -216,15 +216,18 @@ class ClipLikeVectors:
     def _noise(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return rng.standard_normal((n, self.dim), dtype=np.float32) * self.spectrum
 
-    def images(self, n: int, chunk: int = 100_000) -> np.ndarray:
-        """(n, dim) float32 unit rows; row i is the same whatever n (chunks have their seeds)."""
-        out = np.empty((n, self.dim), np.float32)
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            rng = np.random.default_rng((self.seed, 1, start // chunk))
-            labels = rng.integers(0, len(self.centres), stop - start)
-            v = 0.8 * self.mean + 0.8 * self.centres[labels] + 0.55 * self._noise(rng, stop - start)
-            out[start:stop] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    def images(self, n: int, chunk: int = 100_000, *, start: int = 0) -> np.ndarray:
+        """(n - start, dim) float32 unit rows: rows start..n-1. Row i is the same whatever n and
+        start (chunks have their seeds); start must be a multiple of chunk."""
+        if start % chunk:
+            raise ValueError("start must be a multiple of chunk")
+        out = np.empty((max(n - start, 0), self.dim), np.float32)
+        for first in range(start, n, chunk):
+            stop = min(n, first + chunk)
+            rng = np.random.default_rng((self.seed, 1, first // chunk))
+            labels = rng.integers(0, len(self.centres), stop - first)
+            v = 0.8 * self.mean + 0.8 * self.centres[labels] + 0.55 * self._noise(rng, stop - first)
+            out[first - start : stop - start] = v / np.linalg.norm(v, axis=1, keepdims=True)
         return out
 
     def queries(self, n: int) -> np.ndarray:
