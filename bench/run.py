@@ -1308,7 +1308,7 @@ def _source_fingerprint() -> str:
     import hashlib
 
     digest = hashlib.blake2b(digest_size=8)
-    for name in ("catalog.py", "ann.py"):
+    for name in ("catalog.py", "ann.py", "vectors_file.py"):
         digest.update((REPO / "mmfind" / "store" / name).read_bytes())
     return digest.hexdigest()
 
