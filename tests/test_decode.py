@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from crashers import abort_on_crash_name
@@ -20,6 +21,15 @@ from mmfind.decode import (
 from mmfind.media.image import ImageSpec
 
 CONFIG = DecodeConfig(ImageSpec(size=(64, 64)))
+
+
+class ThreadedPool(DecodePool):
+    """The decode pool with threads instead of processes: tests can count what runs at once."""
+
+    def _pool(self, workers: int) -> ThreadPoolExecutor:  # type: ignore[override]
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=16)  # type: ignore[assignment]
+        return self._executor  # type: ignore[return-value]
 
 
 def task_for(path: Path) -> DecodeTask:
@@ -90,7 +100,6 @@ def test_in_flight_work_is_bounded_and_heavy_files_are_few(tmp_path: Path) -> No
     """Large results (videos, recordings) never pile up: at most `workers` heavy tasks."""
     import threading
     import time
-    from concurrent.futures import ThreadPoolExecutor
 
     lock = threading.Lock()
     now = {"all": 0, "heavy": 0}
@@ -108,12 +117,6 @@ def test_in_flight_work_is_bounded_and_heavy_files_are_few(tmp_path: Path) -> No
             now["all"] -= 1
             now["heavy"] -= heavy
         return Failed(task, "ok")
-
-    class ThreadedPool(DecodePool):
-        def _pool(self, workers: int) -> ThreadPoolExecutor:  # type: ignore[override]
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=16)  # type: ignore[assignment]
-            return self._executor  # type: ignore[return-value]
 
     tasks = [DecodeTask(f"/x/{i}", "video" if i % 3 == 0 else "image", 1, 1) for i in range(60)]
     with ThreadedPool(CONFIG, workers=2, in_flight=12, decode=slow_decode) as pool:

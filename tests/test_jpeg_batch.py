@@ -28,6 +28,7 @@ from media_factory import (
     photo_image,
 )
 from PIL import Image
+from test_decode import ThreadedPool
 from typer.testing import CliRunner
 
 from mmfind.cli.app import app
@@ -255,7 +256,6 @@ def test_workers_pass_plain_jpegs_as_bytes_and_decode_the_rest(tmp_path: Path) -
 def test_decode_pool_bounds_jpeg_bytes_in_flight() -> None:
     import threading
     import time
-    from concurrent.futures import ThreadPoolExecutor
 
     lock = threading.Lock()
     now = {"bytes": 0, "peak": 0}
@@ -268,12 +268,6 @@ def test_decode_pool_bounds_jpeg_bytes_in_flight() -> None:
         with lock:
             now["bytes"] -= task.size
         return Failed(task, "ok")
-
-    class ThreadedPool(DecodePool):
-        def _pool(self, workers: int) -> ThreadPoolExecutor:  # type: ignore[override]
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=16)  # type: ignore[assignment]
-            return self._executor  # type: ignore[return-value]
 
     tasks = [DecodeTask(f"/x/{i}.jpg", "image", 100, 1, jpeg_bytes=True) for i in range(30)]
     tasks.append(DecodeTask("/x/huge.jpg", "image", 10_000, 1, jpeg_bytes=True))  # alone is fine
