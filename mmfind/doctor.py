@@ -311,7 +311,7 @@ def _check_ann(catalog: Catalog, index_dir: Path, space: str) -> Check:
     except (OSError, ValueError) as exc:
         return Check(name, PROBLEM, str(exc), advice=rebuild, fix=f"sync:{space}")
     live = ann.count - state.deleted
-    added = catalog.count_items_between(space, state.max_id)
+    added = catalog.count_items_after(space, state.max_id)
     removed = len(catalog.tombstones(space))
     summary = f"{state.file}: {live} items, {info.model}, {info.dim} dims"
     if added or removed:

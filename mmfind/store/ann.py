@@ -209,7 +209,7 @@ class AnnIndex:
             if wanted == k:
                 raise
             labels, distances = self._knn(query, k)
-        if self.rerank_source is None or self.projection is None:
+        if self.rerank_source is None:  # (a projected graph always has one: checked above)
             return labels[0].astype(np.int64), (1.0 - distances[0]).astype(np.float32)
         ids, rows = self.rerank_source(labels[0].astype(np.int64))
         if len(ids) == 0:
@@ -412,7 +412,7 @@ class AnnStore:
         """Whether the items added since the graph was built call for a new one: the space
         crossed PROJECT_MIN_ITEMS, or the new items lie outside a projection fitted before them
         (their kept energy is below PROJECT_ENERGY and they are a tenth of the space or more)."""
-        added = self.catalog.count_items_between(space, max_id)
+        added = self.catalog.count_items_after(space, max_id)
         if not added:
             return False
         if ann.projection is None:

@@ -491,11 +491,10 @@ class Catalog:
             yield ids, vectors
             last = int(ids[-1])
 
-    def count_items_between(self, space: str, after_id: int, up_to: int | None = None) -> int:
-        """Items of a space with after_id < id <= up_to (no upper bound when None)."""
+    def count_items_after(self, space: str, after_id: int) -> int:
+        """Items of a space with id > after_id (added since an ANN file was written)."""
         row = self.conn.execute(
-            "SELECT count(*) FROM items WHERE space=? AND id>? AND id<=?",
-            (space, after_id, up_to if up_to is not None else 2**63 - 1),
+            "SELECT count(*) FROM items WHERE space=? AND id>?", (space, after_id)
         ).fetchone()
         return int(row[0])
 

@@ -34,9 +34,9 @@ def durable_replace(tmp: Path, path: Path) -> None:
         os.close(dir_fd)
 
 
-def write_vectors(catalog: Catalog, space: str, dim: int, path: Path, *, max_id: int) -> int:
+def write_vectors(catalog: Catalog, space: str, dim: int, path: Path, *, max_id: int) -> None:
     """Write every live item of `space` with id <= max_id, streamed from the catalog (memory
-    stays at one chunk of vectors whatever the size); returns how many were written."""
+    stays at one chunk of vectors whatever the size)."""
     ids = catalog.item_ids(space, up_to=max_id)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -58,7 +58,6 @@ def write_vectors(catalog: Catalog, space: str, dim: int, path: Path, *, max_id:
         tmp.unlink(missing_ok=True)
         raise
     durable_replace(tmp, path)
-    return len(ids)
 
 
 def _write_header(fh: BinaryIO, descr: str, shape: tuple[int, ...]) -> None:
