@@ -40,7 +40,7 @@ clean:
 
 # Benchmarks of issue 5: write bench/results.json and bench/RESULTS.md (inputs generated under
 # bench/corpus/, git-ignored). bench-quick: a few minutes on 2 cores; bench: 1M-vector ANN and
-# larger corpora (well over half an hour on 2 cores).
+# larger corpora (about 20 minutes on 2 cores, half of it the 1M ANN build).
 bench: install
 	$(PY) -m bench.run --mode full --label "make bench"
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import corpus
 
-SEEDS = {"2mp": 12, "12mp": 13}  # the seeds bench/run.py uses for these corpora (shared cache)
+SEEDS = {"2mp": 12, "12mp": 13}  # photo generator seeds of the GPU corpora
 
 
 def corpus_dir(which: str, count: int) -> Path:
@@ -87,7 +87,10 @@ def measure(
                 index_dir, IndexOptions(paths=[str(folder)], **options), encoders={"clip": encoder}
             )
             wall = time.perf_counter() - started
-            out[f"gpu_img_per_s_{key}"] = round(summary.new / wall, 1) if wall > 0 else None
+            expected = len(list(folder.glob("*.jpg")))
+            if summary.new != expected:
+                raise RuntimeError(f"indexed {summary.counts()} of {expected} JPEGs in {folder}")
+            out[f"gpu_img_per_s_{key}"] = round(summary.new / wall, 1)
             out[f"details_{key}"] = {
                 "folder": str(folder),
                 "seconds": round(wall, 3),

@@ -16,6 +16,7 @@ import contextlib
 import cProfile
 import dataclasses
 import datetime as dt
+import importlib.metadata
 import io
 import json
 import os
@@ -140,8 +141,8 @@ EXPECTED: dict[str, tuple[float | None, str]] = {
         1500.0,
         "main: torch + 0.6 GB fp32 weights ≈ 1.1 GB; 2 workers × ~150 MB decoding 12 MP",
     ),
-    "gpu_img_per_s_2mp": (None, "no GPU in this session"),
-    "gpu_img_per_s_12mp": (None, "no GPU in this session"),
+    "gpu_img_per_s_2mp": (None, "no GPU where the expectations were written"),
+    "gpu_img_per_s_12mp": (None, "no GPU where the expectations were written"),
 }
 
 
@@ -182,7 +183,6 @@ def profile_top(profile: cProfile.Profile, n: int = 12, sort: str = "cumulative"
 
 
 def machine_info() -> dict[str, Any]:
-    import hnswlib
     import numpy
     import open_clip
     import PIL
@@ -216,7 +216,7 @@ def machine_info() -> dict[str, Any]:
         "open_clip": open_clip.__version__,
         "numpy": numpy.__version__,
         "pillow": PIL.__version__,
-        "hnswlib": getattr(hnswlib, "__version__", "0.8+"),
+        "hnswlib": importlib.metadata.version("hnswlib"),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "git_commit": commit + (" (mmfind/ modified)" if dirty else ""),
     }
@@ -245,7 +245,8 @@ def _tree(pid: int) -> list[int]:
 
 
 def _kb(path: str, key: str) -> int:
-    with contextlib.suppress(OSError, ValueError):
+    """A kB figure from a /proc file; 0 for a process that has just exited (its file is gone)."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         for line in Path(path).read_text().splitlines():
             if line.startswith(key):
                 return int(line.split()[1])
@@ -276,6 +277,8 @@ class TreeMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        if self.peak_main_kb == 0 and exc[0] is None:
+            raise RuntimeError(f"could not read the memory of process {self.pid} from /proc")
 
     def _run(self) -> None:
         started = time.perf_counter()
@@ -368,7 +371,6 @@ class TimedEncoder:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.busy = 0.0
-        self.calls = 0
         self.first_start: float | None = None
         self.last_end = 0.0
 
@@ -384,7 +386,6 @@ class TimedEncoder:
         finally:
             self.last_end = time.perf_counter()
             self.busy += self.last_end - started
-            self.calls += 1
 
 
 class Bench:
@@ -590,7 +591,6 @@ class Bench:
                 clean = [r for r in rounds if r["max_foreign_cores"] <= QUIET_CORES]
                 if len(clean) >= wanted or (len(rounds) >= wanted and self.quiet_budget_s <= 0):
                     break
-            clean = [r for r in rounds if r["max_foreign_cores"] <= QUIET_CORES]
             # the clean rounds (up to the number wanted), else the least disturbed one
             kept = clean[:wanted] or sorted(rounds, key=lambda r: r["max_foreign_cores"])[:1]
             for r in rounds:
@@ -672,8 +672,7 @@ class Bench:
             )
 
     def _build_big_index(self, n: int) -> dict[str, Any]:
-        import hashlib
-
+        from mmfind.decode import content_hash
         from mmfind.spaces import CLIP
         from mmfind.store.ann import AnnStore
         from mmfind.store.catalog import Catalog
@@ -690,7 +689,7 @@ class Bench:
                 catalog.set_space(CLIP, self.model_id, int(self.encoder.dim))
                 for i, path in enumerate(files):
                     st = path.stat()
-                    digest = hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+                    digest = content_hash(path.read_bytes())
                     file_id = catalog.insert_file(
                         str(path), "image", st.st_size, st.st_mtime_ns, digest, 2, 1
                     )
@@ -1029,9 +1028,6 @@ class Bench:
         self.results["ann_p50_ms"] = product["p50_ms"]
         self.results["ann_recall_at10"] = product["recall_at10"]
         self.disturbance["ann_p50_ms"] = head["foreign_cores"]
-        ok = [p for p in head["points"] if p["recall_at10"] >= 0.98]
-        best = min(ok, key=lambda p: p["p50_ms"]) if ok else None
-        self.details["ann_best_meeting_recall"] = best
         self.note(
             "ann_p50_ms",
             "Headline: the product's own search call on the largest n measured, as `Searcher` "
@@ -1229,8 +1225,8 @@ class Bench:
 
         if not torch.cuda.is_available():
             reason = (
-                "not measured: no GPU in this session (the device tool lent no machine to this "
-                "task); run `make bench` on a CUDA machine to fill these in"
+                "not measured: CUDA is not available on this machine; run `make bench` (or "
+                "`python -m bench.gpu`) on a CUDA machine to fill these in"
             )
             for key in ("gpu_img_per_s_2mp", "gpu_img_per_s_12mp"):
                 self.results[key] = None
@@ -1377,10 +1373,6 @@ def _fmt(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _share(part: float, whole: float) -> str:
-    return f"{part:.2f} s ({100 * part / whole:.0f} %)" if whole else f"{part:.2f} s"
-
-
 def diagnosis(doc: dict[str, Any]) -> list[str]:
     """What dominates each missed target, from this run's own breakdowns."""
     d = doc["details"]
@@ -1458,10 +1450,14 @@ def diagnosis(doc: dict[str, Any]) -> list[str]:
             f"```\n{w['profile_top_tottime']}\n```"
         )
     if "ann_curves" in d:
-        best = d.get("ann_best_meeting_recall")
+        head = max(d["ann_curves"], key=lambda c: c["n"])
+        meeting = [p for p in [*head["points"], head["product_call"]] if p["recall_at10"] >= 0.98]
+        best = min(meeting, key=lambda p: p["p50_ms"]) if meeting else None
+        rerank = f", re-rank {best['rerank']}" if best and best["rerank"] else ""
         pick = (
             f"the cheapest measured setting with recall@10 ≥ 0.98 at n = {doc['ann_n']:,} is "
-            f"ef={best['ef']}, re-rank {best['rerank']} (k={best['k']}): p50 {best['p50_ms']} "
+            f"ef={best['ef']}{rerank} "
+            f"(k={best['k']}): p50 {best['p50_ms']} "
             f"ms, recall {best['recall_at10']}"
             if best
             else "no measured setting reached recall@10 ≥ 0.98"
@@ -1510,14 +1506,16 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"open_clip {m['open_clip']}, numpy {m['numpy']}, Pillow {m['pillow']}, "
         f"hnswlib {m['hnswlib']}; GPU: {m['cuda'] or 'none'}; mmfind at {m['git_commit']}.",
         "",
-        "**How to read the numbers.** This is a shared 2-core virtual machine: absolute times "
-        "(marked *abs*) move by 10-30 % from run to run with the neighbours' load. Ratios of two "
+        "**How to read the numbers.** On a shared virtual machine (like the 2-core one these "
+        "figures were first made on) absolute times (marked *abs*) move by 10-30 % from run to "
+        "run with the neighbours' load. Ratios of two "
         "things measured in the same run (the CPU indexing ratio, recall, the breakdowns' "
         "shares) are the figures to trust; compare absolute times only within one run or "
         "across runs on the same machine.",
         "",
-        "The *expected* column was written into `bench/run.py` before the first measurement "
-        "(reasons below). *Other load*: how many cores other processes (other sessions' test "
+        "The *expected* column was written into `bench/run.py` before each figure was first "
+        "measured (reasons below; the ANN ones before large spaces got a projected graph). "
+        "*Other load*: how many cores other processes (other sessions' test "
         "runs) kept busy while the figure was measured, from /proc/stat minus this run's own "
         f"processes; the harness waits for a quiet moment (under {QUIET_CORES} cores) before "
         "each measurement, within a budget, and repeats a disturbed CPU-indexing round.",
@@ -1717,11 +1715,10 @@ def full_run_summary(doc: dict[str, Any]) -> str:
         )
     if not FULL_JSON.is_file():
         return (
-            "`make bench` (full: 1,000,000-vector ANN with M=16 and M=32, 100k no-op catalog "
+            "`make bench` (full: a 1,000,000-item index for the ANN figures, 100k no-op catalog "
             "filled by a real test-tiny run, larger photo corpora) has not been run on this "
-            "checkout; expect well over half an hour on this 2-core machine (its ANN builds "
-            "alone are estimated and logged before they start, and are skipped past "
-            "`--ann-max-build-s`)."
+            "checkout; it took about 20 minutes on a 2-core machine, half of it the 1M ANN "
+            "build (estimated and logged before it starts, skipped past `--ann-max-build-s`)."
         )
     full = json.loads(FULL_JSON.read_text())
     rows = [
