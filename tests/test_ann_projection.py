@@ -212,6 +212,7 @@ def test_new_items_outside_the_projection_make_a_new_one(
     add(cat, skewed(300, seed=14), "a")
     store.sync(SPACE, DIM, MODEL)
     old = cat.ann_projection(SPACE, state(cat).generation)
+    assert old is not None
     other = skewed(300, seed=15, tail=True)  # their energy lies in the other half
     ids = add(cat, other, "b")
     assert store.sync(SPACE, DIM, MODEL) is True
@@ -235,6 +236,15 @@ def test_a_flat_space_is_not_projected_nor_rebuilt_at_every_sync(
     assert state(cat).rank == 0
 
 
+def assert_noticed_and_rebuilt(store: AnnStore, index_dir: Path, what: str) -> None:
+    """The damage fails the load, `mmfind doctor` names it with the repair, a sync rebuilds."""
+    assert store.load(SPACE, DIM, MODEL) is None
+    check = next(c for c in diagnose(index_dir).checks if c.name == f"ann:{SPACE}")
+    assert what in check.detail and check.fix == f"sync:{SPACE}"
+    assert store.sync(SPACE, DIM, MODEL) is True
+    assert store.load(SPACE, DIM, MODEL) is not None
+
+
 def test_a_lost_projection_is_noticed_and_rebuilt(
     cat: Catalog, store: AnnStore, index_dir: Path, large_from_100: None
 ) -> None:
@@ -242,11 +252,7 @@ def test_a_lost_projection_is_noticed_and_rebuilt(
     store.sync(SPACE, DIM, MODEL)
     with cat.atomic():
         cat.conn.execute("DELETE FROM ann_projections")
-    assert store.load(SPACE, DIM, MODEL) is None
-    check = next(c for c in diagnose(index_dir).checks if c.name == f"ann:{SPACE}")
-    assert "projection" in check.detail and check.fix == f"sync:{SPACE}"
-    assert store.sync(SPACE, DIM, MODEL) is True
-    assert store.load(SPACE, DIM, MODEL) is not None
+    assert_noticed_and_rebuilt(store, index_dir, "projection")
 
 
 def test_a_state_written_before_projections_reads_as_unprojected(
@@ -254,8 +260,11 @@ def test_a_state_written_before_projections_reads_as_unprojected(
 ) -> None:
     add(cat, skewed(50, seed=19), "a")
     store.sync(SPACE, DIM, MODEL)
-    with cat.atomic():
-        cat.delete_meta_prefix(f"ann.{SPACE}.rank")
+    assert cat.get_meta(f"ann.{SPACE}.rank") == "0"
+    with cat.atomic():  # what an index written before projections existed holds
+        for key in ("rank", "vectors_file", "vectors_digest"):
+            cat.delete_meta_prefix(f"ann.{SPACE}.{key}")
+    assert cat.get_meta(f"ann.{SPACE}.rank") is None
     assert state(cat).rank == 0
     assert store.load(SPACE, DIM, MODEL) is not None
 
@@ -263,6 +272,7 @@ def test_a_state_written_before_projections_reads_as_unprojected(
 def test_drop_forgets_the_projection(cat: Catalog, store: AnnStore, large_from_100: None) -> None:
     add(cat, skewed(300, seed=20), "a")
     store.sync(SPACE, DIM, MODEL)
+    assert cat.conn.execute("SELECT count(*) FROM ann_projections").fetchone()[0] == 1
     store.drop(SPACE)
     assert cat.conn.execute("SELECT count(*) FROM ann_projections").fetchone()[0] == 0
 
@@ -280,11 +290,7 @@ def test_a_damaged_vectors_file_is_noticed_and_rebuilt(
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     else:
         path.write_bytes(os.urandom(path.stat().st_size))
-    assert store.load(SPACE, DIM, MODEL) is None
-    check = next(c for c in diagnose(index_dir).checks if c.name == f"ann:{SPACE}")
-    assert "vectors file" in check.detail and check.fix == f"sync:{SPACE}"
-    assert store.sync(SPACE, DIM, MODEL) is True
-    assert store.load(SPACE, DIM, MODEL) is not None
+    assert_noticed_and_rebuilt(store, index_dir, "vectors file")
 
 
 def test_only_the_vectors_file_in_force_is_kept(
