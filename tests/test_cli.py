@@ -23,10 +23,9 @@ import numpy as np
 import pytest
 from click.testing import Result
 from media_factory import make_near_duplicate, make_photo, make_random_bytes, make_text
-from typer.testing import CliRunner
+from robustness.helpers import cli
 
 from mmfind import __version__
-from mmfind.cli.app import app
 
 MODEL = "test-tiny"
 SIZE = (200, 150)
@@ -34,23 +33,7 @@ SUMMARY_KEYS = ["scanned", "new", "updated", "moved", "removed", "unchanged", "f
 PLAIN_LINE = re.compile(r"^(-?\d+\.\d{4})\t(.+)$")
 ANSI = re.compile(r"\x1b[\[\]]")
 
-runner = CliRunner()
-
-
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def cli(*args: str | os.PathLike[str], env: dict[str, str | None] | None = None) -> Result:
-    """Run mmfind in-process with a fixed terminal width; no exception may escape the CLI."""
-    result = runner.invoke(
-        app, [os.fspath(a) for a in args], env={"COLUMNS": "200", "LINES": "50", **(env or {})}
-    )
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(
-            f"mmfind {' '.join(map(str, args))} raised {result.exception!r}"
-        ) from result.exception
-    assert "Traceback" not in result.output
-    return result
 
 
 def ok(*args: str | os.PathLike[str], env: dict[str, str | None] | None = None) -> Result:

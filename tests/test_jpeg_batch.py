@@ -258,23 +258,36 @@ def test_decode_pool_bounds_jpeg_bytes_in_flight() -> None:
     import time
 
     lock = threading.Lock()
-    now = {"bytes": 0, "peak": 0}
+    huge_size = 10_000
+    now = {"bytes": 0, "small_peak": 0, "huge_running": 0, "overlaps": 0, "huge_runs": 0}
 
     def slow(task: DecodeTask) -> Failed:
         with lock:
-            now["bytes"] += task.size
-            now["peak"] = max(now["peak"], now["bytes"])
+            if task.size == huge_size:
+                now["huge_runs"] += 1
+                now["overlaps"] += now["bytes"] > 0  # small tasks still in flight as it starts
+                now["huge_running"] = 1
+            else:
+                now["overlaps"] += now["huge_running"]  # a small task started beside it
+                now["bytes"] += task.size
+                now["small_peak"] = max(now["small_peak"], now["bytes"])
         time.sleep(0.02)
         with lock:
-            now["bytes"] -= task.size
+            if task.size == huge_size:
+                now["huge_running"] = 0
+            else:
+                now["bytes"] -= task.size
         return Failed(task, "ok")
 
     tasks = [DecodeTask(f"/x/{i}.jpg", "image", 100, 1, jpeg_bytes=True) for i in range(30)]
-    tasks.append(DecodeTask("/x/huge.jpg", "image", 10_000, 1, jpeg_bytes=True))  # alone is fine
+    huge = DecodeTask("/x/huge.jpg", "image", huge_size, 1, jpeg_bytes=True)  # alone is fine
+    tasks.insert(15, huge)  # mid-stream: small tasks both before and after it
     with ThreadedPool(DecodeConfig(SPEC), workers=4, byte_budget=350, decode=slow) as pool:
         results = list(pool.run(tasks))
     assert len(results) == len(tasks)
-    assert now["peak"] == 10_000 or 200 <= now["peak"] <= 350
+    assert now["huge_runs"] == 1
+    assert now["overlaps"] == 0, "the over-budget task ran beside other JPEG tasks"
+    assert 200 <= now["small_peak"] <= 350, now["small_peak"]  # the budget binds, and is used
 
 
 # --- index runs --------------------------------------------------------------------------------

@@ -28,18 +28,8 @@ MODEL = "test-tiny"
 _runner = CliRunner()
 
 
-def _ensure_doctor() -> None:
-    """`mmfind doctor` is registered by mmfind.cli.app; register it here if this checkout's app
-    does not (yet) do so, so the tests exercise the real command either way."""
-    if not any(c.name == "doctor" for c in app.registered_commands):
-        from mmfind.cli import doctor
-
-        app.command("doctor")(doctor.doctor_command)
-
-
 def cli(*args: str | os.PathLike[str], env: dict[str, str | None] | None = None) -> Result:
     """mmfind in this process; no exception and no traceback may escape it."""
-    _ensure_doctor()
     result = _runner.invoke(
         app, [os.fspath(a) for a in args], env={"COLUMNS": "200", "LINES": "50", **(env or {})}
     )
@@ -123,6 +113,9 @@ class CatalogPoller:
         self.path = index_dir / CATALOG_NAME
         self.conn: sqlite3.Connection | None = None
 
+    # what a reader may meet while a run creates the catalog; any other error is a real one
+    TRANSIENT = ("no such table", "database is locked", "database is busy", "unable to open")
+
     def count(self, sql: str) -> int | None:
         """The integer the query gives, or None while the catalog is not there yet."""
         if self.conn is None:
@@ -131,13 +124,22 @@ class CatalogPoller:
             try:  # read-only: never create or change what the run writes
                 uri = f"{self.path.as_uri()}?mode=ro"
                 self.conn = sqlite3.connect(uri, uri=True, timeout=30)
-            except sqlite3.Error:
+            except sqlite3.Error as exc:
+                self._transient(exc)
                 return None
         try:
             row = self.conn.execute(sql).fetchone()
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            self._transient(exc)
             return None
         return None if row is None else int(row[0])
+
+    def _transient(self, exc: sqlite3.Error) -> None:
+        """Re-raises `exc` unless it is one of the expected transient errors."""
+        message = str(exc).lower()
+        if any(t in message for t in self.TRANSIENT) or not self.path.exists():
+            return
+        raise exc
 
     def close(self) -> None:
         if self.conn is not None:

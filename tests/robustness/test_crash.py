@@ -117,7 +117,10 @@ def _kill_at_random_point(corpus: Corpus, index_dir: Path, rng: np.random.Genera
     poller = CatalogPoller(index_dir)
     try:
         deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, (
+                f"the index run did not reach {min(target, corpus.entries)} entries in 120 s"
+            )
             done = poller.count(PROGRESS_SQL)
             if done is not None and done >= min(target, corpus.entries):
                 break

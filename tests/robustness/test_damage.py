@@ -111,7 +111,10 @@ def test_a_damaged_ann_file_is_detected_and_rebuilt(
         shutil.copytree(idx, other)
         make_photo(root.parent / "extra" / "x.jpg", size=(96, 72), seed=77)
         make_tone(root.parent / "extra" / "x.wav", seconds=2, freq=880)
-        cli("index", root.parent / "extra", "--index", other, "--model", MODEL, "--workers", "0")
+        extra = cli(
+            "index", root.parent / "extra", "--index", other, "--model", MODEL, "--workers", "0"
+        )
+        assert extra.exit_code == 0, (extra.stdout, extra.stderr)
     _damage(idx, space, how, other)
 
     doctor = cli("doctor", "--index", idx, "--json")

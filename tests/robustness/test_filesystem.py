@@ -97,11 +97,11 @@ def test_a_file_that_cannot_be_read_is_tried_again_by_the_next_run(
             raise PermissionError(13, "Permission denied", path)
         return open(path, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(mmfind.decode, "open", guarded_open, raising=False)
-    first = index(root, idx)
-    assert first["new"] == len(files) - 1 and first["failed"] == 1
-    assert index(root, idx)["failed"] == 1  # still unreadable: tried, and failed, again
-    monkeypatch.undo()
+    with monkeypatch.context() as mp:
+        mp.setattr(mmfind.decode, "open", guarded_open, raising=False)
+        first = index(root, idx)
+        assert first["new"] == len(files) - 1 and first["failed"] == 1
+        assert index(root, idx)["failed"] == 1  # still unreadable: tried, and failed, again
     again = index(root, idx)
     assert again["new"] == 1 and again["failed"] == 0 and _failures(idx) == []
 
@@ -123,11 +123,11 @@ def test_a_folder_that_cannot_be_listed_keeps_its_files(
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_scandir(path)  # type: ignore[return-value]
 
-    monkeypatch.setattr(os, "scandir", scandir)
-    counts, warnings = index_plain(root, idx)
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "scandir", scandir)
+        counts, warnings = index_plain(root, idx)
     assert counts["removed"] == 0
     assert f"{refused}: permission denied (its indexed files are kept)" in warnings
-    monkeypatch.undo()
     assert sorted(query_paths(idx)) == sorted(map(str, files))
     assert index(root, idx)["unchanged"] == len(files)
 
@@ -165,10 +165,10 @@ def test_files_that_change_or_vanish_between_scan_and_read_are_deferred(
         make_tone(root / "tone.wav", seconds=4, freq=550)  # rewritten during the read
         return decoded
 
-    monkeypatch.setattr(mmfind.indexer, "scan", scan_then_meddle)
-    monkeypatch.setitem(mmfind.decode._DECODERS, "audio", audio_changing_while_read)
-    first = index(root, idx)
-    monkeypatch.undo()
+    with monkeypatch.context() as mp:
+        mp.setattr(mmfind.indexer, "scan", scan_then_meddle)
+        mp.setitem(mmfind.decode._DECODERS, "audio", audio_changing_while_read)
+        first = index(root, idx)
 
     reasons = {os.path.basename(f["path"]): f["reason"] for f in _failures(idx)}
     assert reasons["p0.jpg"] == "changed since it was scanned; deferred to the next run"

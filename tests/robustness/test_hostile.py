@@ -291,6 +291,9 @@ def test_reasons_from_native_decoders_are_one_line(
     monkeypatch.setattr(mmfind.decode, "_decode_image", multi_line)
     path = make_random_bytes(tmp_path / "x.jpg", 100)
     st = path.stat()
+    # the worker globals are set in this process: monkeypatch restores them after the test
+    monkeypatch.setattr(mmfind.decode, "_config", None)
+    monkeypatch.setattr(mmfind.decode, "_known", frozenset())
     _init_worker(DecodeConfig(ImageSpec((64, 64))), frozenset())
     result = decode_one(DecodeTask(str(path), "image", st.st_size, st.st_mtime_ns))
     assert result.reason == "bad data at offset 12 (libfoo)"  # type: ignore[union-attr]
