@@ -19,6 +19,7 @@ from mmfind.search import Query, Searcher
 from mmfind.store import ann as ann_module
 from mmfind.store.ann import AnnIndex, AnnState, AnnStore, build_from_catalog, fit_projection
 from mmfind.store.catalog import Catalog, SpaceInfo
+from mmfind.store.vectors_file import MappedVectors, write_vectors
 
 
 def skewed(n: int, seed: int, *, tail: bool = False) -> np.ndarray:
@@ -345,3 +346,29 @@ def test_the_default_ef_of_a_projected_graph_grows_with_it() -> None:
     assert efs[0] == efs[1] == 256  # the measured points: 0.98 at 200k and at 1M
     assert efs[3] == 544
     assert efs == sorted(efs) and efs[-1] == 1024
+
+
+@pytest.mark.parametrize("spread", [1, 7], ids=["dense ids (position table)", "sparse ids"])
+def test_mapped_vectors_find_exactly_the_ids_they_hold(
+    cat: Catalog, index_dir: Path, spread: int
+) -> None:
+    """Both lookups (the dense position table and, for thinly spread ids, the binary search)
+    return each held id's own row and nothing for ids absent, below or above the file's."""
+    vectors = isotropic(60, 11)
+    ids, files = [], []
+    with cat.atomic():
+        for i, vector in enumerate(vectors):
+            files.append(cat.insert_file(f"/v/{i}.jpg", "image", 1, 1, b"%d" % i, None, None))
+            ids.extend(cat.insert_items(files[-1], SPACE, vector[None, :]))
+        cat.delete_files([f for i, f in enumerate(files) if i % spread])
+    keep = ids[::spread]
+    path = index_dir / "x.vectors"
+    write_vectors(cat, SPACE, DIM, path, max_id=max(keep))
+    mapped = MappedVectors(path, DIM)
+    assert (mapped._table is not None) == (spread == 1)
+    row_of = {item_id: vectors[ids.index(item_id)] for item_id in keep}
+    asked = np.array([keep[3], 0, keep[-1] + 5, keep[0], keep[0] + 1, keep[-1], -4], np.int64)
+    found, rows = mapped(asked)
+    expected = [i for i in asked.tolist() if i in row_of]
+    assert found.tolist() == expected and len(expected) >= 3
+    assert np.array_equal(rows, np.stack([row_of[i] for i in expected]))
