@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mmfind import text_towers
 from mmfind.config import default_workers
 from mmfind.decode import (
     DecodeConfig,
@@ -47,6 +48,7 @@ from mmfind.store.ann import AnnStore
 from mmfind.store.catalog import Catalog, FileRow, display_path
 from mmfind.store.guard import catalog_errors
 from mmfind.store.lock import writer_lock
+from mmfind.text_towers import TowerStatus
 
 Progress = Callable[[str, int, "int | None"], None]
 """progress(phase, done, total): phases are scan, model, index, finish."""
@@ -78,6 +80,7 @@ class IndexOptions:
     retry_failed: bool = False
     wait_s: float = 0.0
     gpu_decode: str = "auto"  # "auto" | "on" | "off": see mmfind.gpu_decode
+    text_tower: bool = True  # export the light text tower (mmfind.text_towers) when missing
 
 
 @dataclass
@@ -94,6 +97,7 @@ class IndexSummary:
     notes: list[str] = field(default_factory=list)
     models: dict[str, str] = field(default_factory=dict)
     roots: list[str] = field(default_factory=list)
+    text_towers: dict[str, TowerStatus] = field(default_factory=dict)  # space -> what was done
     seconds: float = 0.0
 
     @property
@@ -231,10 +235,29 @@ class _Run:
                 self.ann.sync(space.name, space.dim, space.model)
         declared = {s.name: s.model for s in catalog.spaces()}
         self.summary.models = {name: declared[name] for name in SPACES if name in declared}
+        self._text_towers(declared)
         with catalog.atomic():
             catalog.mark_roots_indexed(roots, time.time())
             catalog.finish_run(run_id, json.dumps(self.summary.counts()))
         return self.summary
+
+    def _text_towers(self, declared: dict[str, str]) -> None:
+        """Export the light text tower of each loaded model whose index lacks it; drop towers of
+        models the index no longer holds. A failed export never fails the run."""
+        if self.options.text_tower:
+            for space, encoder in self.models.loaded.items():
+                if declared.get(space) != encoder.model_id:
+                    continue
+                status = text_towers.ensure(self.index_dir, encoder)
+                if status is None:
+                    continue
+                self.summary.text_towers[space] = status
+                if status.state == text_towers.FAILED:
+                    self.summary.notes.append(
+                        f"the light text tower of {status.model} could not be written "
+                        f"({status.reason}); text queries load the full model instead"
+                    )
+        text_towers.prune(self.index_dir, declared)
 
     def _count_failure(self, reason: str) -> None:
         self.summary.failed += 1

@@ -17,6 +17,7 @@ stays available. With one population, `score` is the cosine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from mmfind import text_towers
+from mmfind.encoders.light_text import TowerError
 from mmfind.errors import EmptyIndexError, IndexBusyError, InputError, MediaError, UsageError
 from mmfind.media.image import DEFAULT_MAX_PIXELS, prepare_image
 from mmfind.media.kinds import KINDS
@@ -201,8 +204,14 @@ def run_query(
     device: str = "auto",
     encoders: dict[str, Any] | None = None,
     ann_cache: AnnCache | None = None,
+    light_text: bool = False,
 ) -> Response:
-    """Answer a query against the index at index_dir with the models that built it."""
+    """Answer a query against the index at index_dir with the models that built it.
+
+    `light_text`: a text-only query on the CPU encodes its text with the index's light text
+    tower where it has one (see mmfind.text_towers), without loading torch; a query that loads
+    the full model exports the tower when it is missing. For cold one-off queries (the CLI);
+    a resident process keeps the full model loaded instead."""
     validate(query)
     catalog = Catalog.open(index_dir, create=False)
     try:
@@ -224,10 +233,10 @@ def run_query(
         notes: list[str] = []
         searchers = {s: Searcher(catalog, index_dir, infos[s], ann_cache) for s in targets}
         vectors: dict[str, np.ndarray] = {}
+        light = _light_encoders(index_dir, infos, query, device, encoders) if light_text else {}
         for space, kinds in populations:
             if space not in vectors:
-                encoder = models.encoder(space, declare=False)
-                vectors[space] = query_vector(encoder, space, query)
+                vectors[space] = _encode(models, light.get(space), space, query)
             scoped = replace(query, kinds=kinds)
             scored = searchers[space].search(vectors[space], scoped, exclude=exclude)
             mean, std = (
@@ -239,9 +248,50 @@ def run_query(
         for searcher in searchers.values():
             notes.extend(searcher.notes)
         results = _merge(merged, query)
+        if light_text:
+            _export_towers(index_dir, models, encoders or {})
         return Response(results, {s: infos[s].model for s in targets}, targets, calibrated, notes)
     finally:
         catalog.close()
+
+
+def _light_encoders(
+    index_dir: Path,
+    infos: dict[str, SpaceInfo],
+    query: Query,
+    device: str,
+    preloaded: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The light text encoders this query can use: text only (no --image in the clip space),
+    on the CPU, for spaces whose model the caller did not pass already loaded."""
+    if device not in ("auto", "cpu"):
+        return {}
+    found = {}
+    for space, info in infos.items():
+        if (preloaded and space in preloaded) or (space == CLIP and query.images):
+            continue
+        encoder = text_towers.light_encoder(index_dir, space, info.model)
+        if encoder is not None:
+            found[space] = encoder
+    return found
+
+
+def _encode(models: Models, light: Any | None, space: str, query: Query) -> np.ndarray:
+    if light is not None:
+        with contextlib.suppress(TowerError):  # damaged weights: the full model answers
+            return query_vector(light, space, query)
+    return query_vector(models.encoder(space, declare=False), space, query)
+
+
+def _export_towers(index_dir: Path, models: Models, preloaded: dict[str, Any]) -> None:
+    """Export the text tower of each model this query had to load, when the index lacks a
+    sound one (an index built before towers existed, or a damaged tower). Only while no index
+    run holds the writer lock; never fails the query."""
+    for space, encoder in models.loaded.items():
+        if space in preloaded or space not in text_towers.EXPORTABLE:
+            continue
+        with contextlib.suppress(IndexBusyError, OSError), writer_lock(index_dir, wait_s=0):
+            text_towers.ensure(index_dir, encoder, check_weights=True)
 
 
 def _populations(

@@ -107,7 +107,7 @@ def query_command(
     index_dir = config.index_dir(index)
     response = ask(index_dir, query) if server else None
     if response is None:
-        response = run_query(index_dir, query, device=device)
+        response = run_query(index_dir, query, device=device, light_text=True)
     for message in response.notes:
         note(message)
     if json_output:

@@ -173,6 +173,7 @@ def _index(
         audio_model=options.audio_model,
         device=options.device,
         batch_size=options.batch_size,
+        text_tower=False,  # a throw-away index: its queries never run cold
     )
     if options.workers is not None:
         index_options.workers = options.workers
