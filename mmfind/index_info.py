@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmfind import text_towers
 from mmfind.spaces import CLIP as CLIP_SPACE
 from mmfind.store.ann import AnnStore
 from mmfind.store.catalog import Catalog, FailureRow
@@ -29,6 +30,7 @@ class IndexInfo:
     ann_bytes: int
     last_run: float | None
     schema: list[str]
+    text_towers: dict[str, dict[str, object]] = field(default_factory=dict)  # see text_towers
     failure_rows: list[FailureRow] = field(default_factory=list)
 
 
@@ -67,6 +69,7 @@ def describe(index_dir: Path, *, with_failures: bool = False) -> IndexInfo:
             ann_bytes=ann_bytes,
             last_run=(last[1] or last[0]) if last else None,
             schema=catalog.applied_migrations(),
+            text_towers=dict(text_towers.describe(index_dir, {s.name: s.model for s in spaces})),
             failure_rows=catalog.failures() if with_failures else [],
         )
     finally:

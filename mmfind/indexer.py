@@ -245,7 +245,8 @@ class _Run:
         """Export the light text tower of each loaded model whose index lacks it; drop towers of
         models the index no longer holds. A failed export never fails the run."""
         if self.options.text_tower:
-            for space, encoder in self.models.loaded.items():
+            for space in sorted(self.models.used):  # a run with nothing to encode exports nothing
+                encoder = self.models.loaded[space]
                 if declared.get(space) != encoder.model_id:
                     continue
                 status = text_towers.ensure(self.index_dir, encoder)

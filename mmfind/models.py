@@ -48,6 +48,7 @@ class Models:
         self.loaded: dict[str, Any] = dict(preloaded or {})
         self.on_load = on_load
         self.ids: dict[str, str] = {}
+        self.used: set[str] = set()  # spaces whose encoder was asked for (loaded or preloaded)
 
     def resolve(self) -> dict[str, str]:
         """Decide the model id of every space; refuse (or, with reembed, reset) a mismatch."""
@@ -96,6 +97,7 @@ class Models:
                 f"encoder {encoder.model_id} does not match the {space} model {model_id} "
                 f"(see {_FLAGS[space]})"
             )
+        self.used.add(space)
         if declare and self.catalog.space(space) is None:
             with self.catalog.atomic():
                 self.catalog.set_space(space, encoder.model_id, encoder.dim)

@@ -639,7 +639,7 @@ def test_plain_output_keeps_long_lines_and_tabs(tmp_path: Path) -> None:
     assert re.fullmatch(rf"-?\d\.\d{{4}}\t{re.escape(str(photo))}", line)
     rows = ok("info", env=narrow).stdout.splitlines()
     assert f"roots\t{deep}" in rows
-    assert len(rows) == 11  # ten facts and one line per embedding space
+    assert len(rows) == 12  # ten facts, one line per embedding space, one per text tower
     [failure] = ok("info", "--failures", env=narrow).stdout.splitlines()
     assert failure.startswith(f"{deep}/broken file with a long name.jpg\t")
     assert ok("query", "x", "--paths", env=narrow).stdout == f"{photo}\n"

@@ -320,7 +320,9 @@ def test_damaged_tower_falls_back_to_the_full_model(
     healed.encode_texts(["checked against the probes"])
 
 
-def test_refused_model_leaves_no_tower_and_queries_work(tmp_path: Path) -> None:
+def test_refused_model_leaves_no_tower_and_queries_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     encoder = load_image_encoder.__wrapped__("test-tiny", "cpu")
     encoder.model.text_pool_type = "last"  # open_clip's encode_text honours it; the tower cannot
     root = tmp_path / "photos"
@@ -334,7 +336,13 @@ def test_refused_model_leaves_no_tower_and_queries_work(tmp_path: Path) -> None:
     assert not text_towers.tower_path(idx, "clip").exists()
     assert text_towers.describe(idx, {"clip": "test-tiny"})["clip"]["state"] == "refused"
     again = run_index(idx, options, encoders={"clip": encoder})
-    assert again.text_towers["clip"].state == "refused"  # remembered, not tried again
+    assert again.unchanged == 4 and again.text_towers == {}  # nothing encoded: nothing tried
+
+    def tried(*args: Any) -> None:
+        raise AssertionError("a refused model was tried again")
+
+    monkeypatch.setattr(tower_export, "export", tried)
+    assert text_towers.ensure(idx, encoder).state == "refused"  # remembered, not tried again
     response = run_query(idx, Query(text="red", limit=4), encoders={"clip": encoder})
     assert len(response.results) == 4
     assert not text_towers.tower_path(idx, "clip").exists()
@@ -423,3 +431,28 @@ def test_default_architecture_text_tower(tmp_path: Path) -> None:
     )  # fmt: skip
     texts = [*TEXTS[:12], TEXTS[19]]
     assert float(np.max(np.abs(light.encode_texts(texts) - encoder.encode_texts(texts)))) < 1e-5
+
+
+def test_info_reports_the_tower(indexed: tuple[Path, Path, Any]) -> None:
+    from mmfind.index_info import describe
+
+    idx = indexed[0]
+    towers = describe(idx).text_towers
+    size = text_towers.tower_path(idx, "clip").stat().st_size
+    assert towers == {"clip": {"state": "present", "bytes": size, "reason": None}}
+    assert size > 1 << 20
+
+
+def test_a_text_and_its_own_not_cancel_out_on_the_light_path(
+    indexed: tuple[Path, Path, Any],
+) -> None:
+    from mmfind.errors import UsageError
+
+    idx = indexed[0]
+    light = text_towers.light_encoder(idx, "clip", "test-tiny")
+    assert light is not None
+    first = light.encode_texts(["a red car"])  # with the probes in its batch
+    assert np.array_equal(light.encode_texts(["a red car"]), first)  # alone: the same bits
+    query = Query(text="a red car", negatives=["a red car"], not_weight=1.0)
+    with pytest.raises(UsageError, match="cancel out"):
+        run_query(idx, query, device="cpu", light_text=True)

@@ -66,6 +66,7 @@ def info_command(
             f"ANN {human_bytes(info.ann_bytes)})",
         ),
         ("last run", _when(info.last_run)),
+        *((f"{name} text tower", _tower(t)) for name, t in info.text_towers.items()),
     ]
     if use_table():
         table = Table(show_header=False, title="mmfind index", title_justify="left")
@@ -76,6 +77,14 @@ def info_command(
         console.print(table)
     else:
         write_lines(f"{key}\t{value.replace(chr(10), ', ')}" for key, value in rows)
+
+
+def _tower(tower: dict[str, object]) -> str:
+    if tower["state"] == "present":
+        return f"present ({human_bytes(int(str(tower['bytes'])))}): text queries run without torch"
+    if tower["state"] == "refused":
+        return f"none: {tower['reason']}"
+    return "none yet (written by the next index run or query that loads the model)"
 
 
 def _when(timestamp: float | None) -> str:
@@ -101,6 +110,7 @@ def _json(info: IndexInfo, failures: bool) -> dict[str, Any]:
         "ann_bytes": info.ann_bytes,
         "last_run": _when(info.last_run) if info.last_run is not None else None,
         "schema": info.schema,
+        "text_towers": info.text_towers,
     }
     if failures:
         document["failures"] = [
