@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -193,7 +194,13 @@ class AnnCache:
         return entry[1] if entry is not None and entry[0] == key else None
 
     def put(self, space: str, key: tuple[str, str], value: tuple[AnnIndex, int, int]) -> None:
+        """Keep an index; a large graph is moved onto huge pages in the background (seconds for
+        a 1M graph, queries meanwhile run as before; see mmfind.store.huge_pages)."""
         self._entries[space] = (key, value)
+        if value[0].memory:
+            threading.Thread(
+                target=value[0].use_huge_pages, name="mmfind-huge-pages", daemon=True
+            ).start()
 
 
 @catalog_errors

@@ -31,6 +31,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from mmfind.store import huge_pages
 from mmfind.store.catalog import Catalog
 from mmfind.store.vectors_file import SUFFIX, MappedVectors, durable_replace, write_vectors
 
@@ -115,6 +116,7 @@ class AnnIndex:
         self.dim = dim
         self.projection = projection  # (dim, rank) float32, or None
         self.rerank_source = rerank_source  # where a projected graph's full vectors are read
+        self.memory: set[huge_pages.Region] = set()  # where hnswlib put a large loaded graph
 
     @classmethod
     def empty(
@@ -145,6 +147,8 @@ class AnnIndex:
             raise ValueError(f"ANN file {path.name} is missing or empty")
         graph_dim = dim if projection is None else projection.shape[1]
         index = hnswlib.Index(space="ip", dim=graph_dim)
+        large = path.stat().st_size >= huge_pages.MIN_BYTES
+        before = huge_pages.anonymous_regions() if large else set()
         try:
             index.load_index(str(path), max_elements=0)
         except (RuntimeError, ValueError, OSError, MemoryError) as exc:
@@ -152,7 +156,15 @@ class AnnIndex:
         if index.dim != graph_dim or index.get_current_count() != expected_count:
             raise ValueError(f"ANN file {path.name} does not match the catalog")
         index.set_ef(EF_SEARCH)  # hnswlib does not save ef
-        return cls(index, dim, projection, rerank_source)
+        loaded = cls(index, dim, projection, rerank_source)
+        if large:
+            loaded.memory = huge_pages.anonymous_regions() - before
+        return loaded
+
+    def use_huge_pages(self) -> int:
+        """Back a large loaded graph with huge pages (seconds for a 1M graph; for processes
+        that keep it, see mmfind.store.huge_pages). Returns the bytes now backed so."""
+        return huge_pages.advise(self.memory)
 
     @property
     def count(self) -> int:
