@@ -8,6 +8,11 @@ from pathlib import Path
 DEFAULT_MODEL = "default"
 CATALOG_NAME = "catalog.sqlite3"
 LOCK_NAME = "writer.lock"
+# Limits of what one file costs; here (not in mmfind.media) so the CLI can show them as option
+# defaults without importing the decoders.
+DEFAULT_MAX_PIXELS: int = 200_000_000  # larger images fail with a reason instead of eating memory
+DEFAULT_FRAME_INTERVAL_S = 2.0  # one video frame per this many seconds
+DEFAULT_MAX_DURATION_S = 3600.0  # only a file's first hour is indexed (bounded cost per file)
 
 
 def index_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -22,15 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from mmfind.config import DEFAULT_FRAME_INTERVAL_S, DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS
 from mmfind.errors import MediaError
 from mmfind.media.audio import (
-    DEFAULT_MAX_DURATION_S,
     AudioWindows,
     decode_audio_file,
     load_audio_stream,
     window_audio,
 )
-from mmfind.media.image import DEFAULT_MAX_PIXELS, ImageSpec, prepare_image
+from mmfind.media.image import ImageSpec, prepare_image
 from mmfind.media.jpeg_probe import probe_jpeg
 from mmfind.media.text import (
     DEFAULT_CHUNK_TOKENS,
@@ -38,7 +38,7 @@ from mmfind.media.text import (
     DEFAULT_OVERLAP_WORDS,
     decode_text_file,
 )
-from mmfind.media.video import DEFAULT_FRAME_INTERVAL_S, decode_video
+from mmfind.media.video import decode_video
 from mmfind.spaces import CLAP, CLIP
 from mmfind.store.catalog import ItemSpans
 

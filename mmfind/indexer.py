@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 
 from mmfind import text_towers
-from mmfind.config import default_workers
+from mmfind.config import (
+    DEFAULT_FRAME_INTERVAL_S,
+    DEFAULT_MAX_DURATION_S,
+    DEFAULT_MAX_PIXELS,
+    default_workers,
+)
 from mmfind.decode import (
     DecodeConfig,
     Decoded,
@@ -38,9 +43,6 @@ from mmfind.gpu_decode import (
     create_jpeg_decoder,
     jpeg_bytes,
 )
-from mmfind.media.audio import DEFAULT_MAX_DURATION_S
-from mmfind.media.image import DEFAULT_MAX_PIXELS
-from mmfind.media.video import DEFAULT_FRAME_INTERVAL_S
 from mmfind.models import Models
 from mmfind.scan import ScanProblem, is_within, scan
 from mmfind.spaces import CLAP, CLIP, SPACES

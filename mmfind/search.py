@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from mmfind import text_towers
+from mmfind.config import DEFAULT_MAX_PIXELS
 from mmfind.encoders.light_text import TowerError
 from mmfind.errors import EmptyIndexError, IndexBusyError, InputError, MediaError, UsageError
-from mmfind.media.image import DEFAULT_MAX_PIXELS, prepare_image
 from mmfind.media.kinds import KINDS
 from mmfind.models import Models
 from mmfind.spaces import CLAP, CLIP
@@ -142,6 +142,8 @@ def query_vector(encoder: Any, space: str, query: Query) -> np.ndarray:
 
 
 def _query_image(encoder: Any, path: str) -> np.ndarray:
+    from mmfind.media.image import prepare_image  # (Pillow: only for image queries)
+
     try:
         return prepare_image(path, encoder.image_spec, max_pixels=DEFAULT_MAX_PIXELS).pixels
     except MediaError as exc:

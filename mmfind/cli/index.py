@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -19,11 +19,11 @@ from mmfind.cli.render import (
     warn,
     write_lines,
 )
-from mmfind.indexer import IndexOptions, IndexSummary, run_index
-from mmfind.media.audio import DEFAULT_MAX_DURATION_S
-from mmfind.media.image import DEFAULT_MAX_PIXELS
-from mmfind.media.video import DEFAULT_FRAME_INTERVAL_S
+from mmfind.config import DEFAULT_FRAME_INTERVAL_S, DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS
 from mmfind.store.catalog import display_path
+
+if TYPE_CHECKING:
+    from mmfind.indexer import IndexSummary
 
 
 @handles_errors
@@ -116,6 +116,8 @@ def index_command(
 ) -> None:
     """Index folders of photos, videos, audio and text files (incremental: only new and changed
     files are read)."""
+    from mmfind.indexer import IndexOptions, run_index  # (decoders: not for other commands)
+
     options = IndexOptions(
         paths=paths or (),
         model=model,

@@ -39,13 +39,13 @@ import numpy as np
 import soundfile as sf  # type: ignore[import-untyped]
 import soxr  # type: ignore[import-untyped]
 
+from mmfind.config import DEFAULT_MAX_DURATION_S
 from mmfind.errors import MediaError
 
 SAMPLE_RATE = 48_000  # CLAP's rate
 WINDOW_S = 10.0  # fixed windows, CLAP's input length
 HOP_S = 10.0  # documented hop: windows do not overlap
 MIN_TAIL_S = 1.0  # a trailing partial window adding less new sound than this is dropped
-DEFAULT_MAX_DURATION_S = 3600.0  # only the first hour of a file is indexed (bounded cost)
 MIN_SOURCE_RATE, MAX_SOURCE_RATE = 1_000, 2_000_000  # Hz; outside: a damaged header, refused
 SILENCE_PEAK = 1e-4  # a decoded part whose peak stays below this is "silent audio"
 

@@ -26,6 +26,7 @@ import rawpy
 from PIL import Image, ImageCms, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
+from mmfind.config import DEFAULT_MAX_PIXELS
 from mmfind.errors import MediaError
 from mmfind.media.kinds import RAW_EXTENSIONS
 
@@ -33,7 +34,6 @@ pillow_heif.register_heif_opener()
 Image.MAX_IMAGE_PIXELS = None  # our `max_pixels` cap replaces PIL's warning/error
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
-DEFAULT_MAX_PIXELS: int = 200_000_000
 
 RESIZE_MODES = ("shortest", "squash", "longest")
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}

@@ -50,11 +50,9 @@ from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 from PIL import Image
 
+from mmfind.config import DEFAULT_FRAME_INTERVAL_S, DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS
 from mmfind.errors import MediaError
-from mmfind.media.image import DEFAULT_MAX_PIXELS, ImageSpec, fit_image
-
-DEFAULT_FRAME_INTERVAL_S = 2.0
-DEFAULT_MAX_DURATION_S = 3600.0  # only the first hour is sampled: bounded cost per file
+from mmfind.media.image import ImageSpec, fit_image
 
 SEEK_GAP_S = 8.0  # no index: seek when the next target is at least this far ahead
 MIN_KEYFRAME_SKIP_S = 1.0  # index: seek when the keyframe before the target is this far ahead
