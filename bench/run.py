@@ -199,12 +199,16 @@ def machine_info() -> dict[str, Any]:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 ram_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    import mmfind
+
+    measured = Path(mmfind.__file__).resolve().parents[1]  # the checkout whose mmfind runs
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=measured
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "mmfind"], capture_output=True, text=True, cwd=REPO
-    ).stdout.strip()
+        ["git", "status", "--porcelain", "--", "mmfind"],
+        capture_output=True, text=True, cwd=measured,
+    ).stdout.strip()  # fmt: skip
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
