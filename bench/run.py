@@ -982,18 +982,13 @@ class Bench:
         )
 
     def _cold_breakdown(self, text: str) -> dict[str, float]:
-        """Stage times of a cold query, each measured in one fresh process."""
-        probe = (
-            "import json, sys, time\n"
+        """Stage times of a cold query through the full model, in one fresh process."""
+        body = (
             "def rss():\n"
             "    for line in open('/proc/self/status'):\n"
             "        if line.startswith('VmRSS'):\n"
             "            return int(line.split()[1]) // 1024\n"
-            "t = {}\n"
             "m = {}\n"
-            "s = time.perf_counter()\n"
-            "import mmfind.cli.app, mmfind.cli.query\n"
-            "t['import_mmfind_cli'] = time.perf_counter() - s; s = time.perf_counter()\n"
             "import torch\n"
             "t['import_torch'] = time.perf_counter() - s; s = time.perf_counter()\n"
             "import open_clip\n"
@@ -1003,34 +998,22 @@ class Bench:
             "enc = load_image_encoder(sys.argv[1], 'cpu')\n"
             "t['load_model'] = time.perf_counter() - s; m['after_model'] = rss()\n"
             "s = time.perf_counter()\n"
-            "from pathlib import Path\n"
-            "from mmfind.search import Query, run_query\n"
             "run_query(Path(sys.argv[2]), Query(text=sys.argv[3]), encoders={'clip': enc})\n"
             "t['first_query_with_ann_load'] = time.perf_counter() - s; s = time.perf_counter()\n"
             "enc.encode_texts([sys.argv[3] + ' again'])\n"
             "t['text_encode_warm'] = time.perf_counter() - s\n"
             "t['rss_mb'] = m\n"
-            "print(json.dumps(t))\n"
         )
         empty, _ = timed_run([sys.executable, "-c", "pass"])
         empty = min(empty, timed_run([sys.executable, "-c", "pass"])[0])
-        wall, proc = timed_run([sys.executable, "-c", probe, self.model_id, str(self.big), text])
-        if proc.returncode != 0:
-            raise RuntimeError(f"cold probe failed: {proc.stderr[-800:]}")
-        stages = json.loads(proc.stdout)
+        wall, stages = self._probe(body, text)
         self.details["query_process_rss_mb"] = stages.pop("rss_mb")
         stages = {k: round(v, 3) for k, v in stages.items()}
         return {"python_start": round(empty, 3), **stages, "probe_wall": round(wall, 3)}
 
     def _light_breakdown(self, text: str) -> dict[str, float]:
-        """Stage times of a cold light-tower query, in one fresh process."""
-        probe = (
-            "import json, sys, time\n"
-            "t = {}\n"
-            "s = time.perf_counter()\n"
-            "import mmfind.cli.app, mmfind.cli.query\n"
-            "t['import_mmfind_cli'] = time.perf_counter() - s; s = time.perf_counter()\n"
-            "from pathlib import Path\n"
+        """Stage times of a cold query through the light text tower, in one fresh process."""
+        body = (
             "from mmfind import text_towers\n"
             "enc = text_towers.light_encoder(Path(sys.argv[2]), 'clip', sys.argv[1])\n"
             "assert enc is not None\n"
@@ -1039,17 +1022,33 @@ class Bench:
             "t['text_encode_first'] = time.perf_counter() - s; s = time.perf_counter()\n"
             "enc.encode_texts([sys.argv[3] + ' again'])\n"
             "t['text_encode_warm'] = time.perf_counter() - s; s = time.perf_counter()\n"
-            "from mmfind.search import Query, run_query\n"
             "run_query(Path(sys.argv[2]), Query(text=sys.argv[3]), encoders={'clip': enc})\n"
             "t['query_with_ann_load'] = time.perf_counter() - s\n"
             "assert 'torch' not in sys.modules\n"
+        )
+        wall, stages = self._probe(body, text)
+        return {**{k: round(v, 3) for k, v in stages.items()}, "probe_wall": round(wall, 3)}
+
+    def _probe(self, body: str, text: str) -> tuple[float, dict[str, Any]]:
+        """Run a stage-timing script in a fresh process: it times the CLI's imports, then
+        `body` (model id, index and query text in sys.argv; `t` the stage times, `s` the
+        clock), and prints `t`."""
+        script = (
+            "import json, sys, time\n"
+            "t = {}\n"
+            "s = time.perf_counter()\n"
+            "import mmfind.cli.app, mmfind.cli.query\n"
+            "t['import_mmfind_cli'] = time.perf_counter() - s; s = time.perf_counter()\n"
+            "from pathlib import Path\n"
+            "from mmfind.search import Query, run_query\n"
+            f"{body}"
             "print(json.dumps(t))\n"
         )
-        wall, proc = timed_run([sys.executable, "-c", probe, self.model_id, str(self.big), text])
+        wall, proc = timed_run([sys.executable, "-c", script, self.model_id, str(self.big), text])
         if proc.returncode != 0:
-            raise RuntimeError(f"light cold probe failed: {proc.stderr[-800:]}")
-        stages = {k: round(v, 3) for k, v in json.loads(proc.stdout).items()}
-        return {**stages, "probe_wall": round(wall, 3)}
+            raise RuntimeError(f"cold probe failed: {proc.stderr[-800:]}")
+        stages: dict[str, Any] = json.loads(proc.stdout)
+        return wall, stages
 
     def _client_breakdown(self) -> dict[str, float]:
         empty = min(timed_run([sys.executable, "-c", "pass"])[0] for _ in range(2))
