@@ -1,58 +1,34 @@
 """Tests for mmfind.store.ann: real hnswlib files kept in step with a real SQLite catalog."""
 
+# ruff: noqa: F811  (the fixtures imported from ann_support are requested by their names)
+
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ann_support import (  # noqa: F401
+    DIM,
+    MODEL,
+    SPACE,
+    add_vectors,
+    cat,
+    index_dir,
+    state,
+    store,
+    unit_vectors,
+)
 
 from mmfind.store import ann as ann_module
 from mmfind.store.ann import AnnIndex, AnnState, AnnStore, build_from_catalog
 from mmfind.store.catalog import Catalog
 
-DIM = 32
-MODEL = "test-model"
-SPACE = "clip"
-
-
-def unit_vectors(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    v = rng.standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-@pytest.fixture
-def index_dir(tmp_path: Path) -> Path:
-    return tmp_path / "index"
-
-
-@pytest.fixture
-def cat(index_dir: Path) -> Iterator[Catalog]:
-    catalog = Catalog.open(index_dir, create=True)
-    with catalog.atomic():
-        catalog.set_space(SPACE, MODEL, DIM)
-    yield catalog
-    catalog.close()
-
-
-@pytest.fixture
-def store(cat: Catalog, index_dir: Path) -> AnnStore:
-    return AnnStore(cat, index_dir)
-
 
 def add_items(cat: Catalog, n: int, seed: int) -> tuple[list[int], np.ndarray]:
     """n files with one item each; returns the item ids and their vectors."""
     vectors = unit_vectors(n, seed)
-    ids: list[int] = []
-    with cat.atomic():
-        for i, vector in enumerate(vectors):
-            file_id = cat.insert_file(
-                f"/photos/{seed}-{i}.jpg", "image", 1, 1, f"{seed}-{i}".encode(), None, None
-            )
-            ids.extend(cat.insert_items(file_id, SPACE, vector[None, :]))
-    return ids, vectors
+    return add_vectors(cat, vectors, str(seed)), vectors
 
 
 def delete_items(cat: Catalog, item_ids: list[int]) -> None:
@@ -61,12 +37,6 @@ def delete_items(cat: Catalog, item_ids: list[int]) -> None:
     assert len(hits) == len(item_ids)
     with cat.atomic():
         cat.delete_files(sorted({h.file_id for h in hits.values()}))
-
-
-def state(cat: Catalog) -> AnnState:
-    current = AnnState.read(cat, SPACE)
-    assert current is not None
-    return current
 
 
 def summary(s: AnnState) -> tuple[str, int, str, int, int, int, int]:

@@ -1,7 +1,7 @@
 """The projected ANN graph of large spaces: a real hnswlib graph over the vectors' main
 directions, its candidates re-scored exactly with the full vectors."""
 
-# ruff: noqa: F811  (the fixtures imported from test_ann are requested by their names)
+# ruff: noqa: F811  (the fixtures imported from ann_support are requested by their names)
 
 from __future__ import annotations
 
@@ -10,14 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-# the catalog and store fixtures of test_ann (same space, model and dimensions)
-from test_ann import DIM, MODEL, SPACE, cat, index_dir, store  # noqa: F401
+from ann_support import (  # noqa: F401
+    DIM,
+    MODEL,
+    SPACE,
+    add_vectors,
+    cat,
+    index_dir,
+    state,
+    store,
+    unit_vectors,
+)
 
 from mmfind.doctor import diagnose
 from mmfind.search import Query, Searcher
 from mmfind.store import ann as ann_module
-from mmfind.store.ann import AnnIndex, AnnState, AnnStore, build_from_catalog, fit_projection
+from mmfind.store.ann import AnnIndex, AnnStore, build_from_catalog, fit_projection
 from mmfind.store.catalog import Catalog, SpaceInfo
 from mmfind.store.vectors_file import MappedVectors, write_vectors
 
@@ -33,32 +41,10 @@ def skewed(n: int, seed: int, *, tail: bool = False) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def isotropic(n: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
 @pytest.fixture
 def large_from_100(monkeypatch: pytest.MonkeyPatch) -> None:
     """Spaces of 100 items and more count as large (the real threshold is 200,000)."""
     monkeypatch.setattr(ann_module, "PROJECT_MIN_ITEMS", 100)
-
-
-def add(cat: Catalog, vectors: np.ndarray, tag: str) -> list[int]:
-    ids: list[int] = []
-    with cat.atomic():
-        for i, vector in enumerate(vectors):
-            file_id = cat.insert_file(
-                f"/photos/{tag}-{i}.jpg", "image", 1, 1, f"{tag}-{i}".encode(), None, None
-            )
-            ids.extend(cat.insert_items(file_id, SPACE, vector[None, :]))
-    return ids
-
-
-def state(cat: Catalog) -> AnnState:
-    current = AnnState.read(cat, SPACE)
-    assert current is not None
-    return current
 
 
 def exact_top(ids: list[int], vectors: np.ndarray, query: np.ndarray, k: int) -> list[int]:
@@ -84,7 +70,7 @@ def test_fit_projection_keeps_the_main_directions() -> None:
 
 
 def test_fit_projection_declines_a_flat_spectrum_or_too_few_vectors() -> None:
-    assert fit_projection(isotropic(2000, seed=1)) is None
+    assert fit_projection(unit_vectors(2000, seed=1)) is None
     assert fit_projection(skewed(DIM, seed=2)) is None  # fewer than 2·dim vectors
     assert fit_projection(np.zeros((0, DIM), dtype=np.float32)) is None
 
@@ -93,7 +79,7 @@ def test_fit_projection_declines_a_flat_spectrum_or_too_few_vectors() -> None:
 
 
 def test_a_small_space_keeps_its_vectors_as_they_are(cat: Catalog, store: AnnStore) -> None:
-    add(cat, skewed(150, seed=3), "a")
+    add_vectors(cat, skewed(150, seed=3), "a")
     store.sync(SPACE, DIM, MODEL)
     assert state(cat).rank == 0
     assert cat.ann_projection(SPACE, state(cat).generation) is None
@@ -103,7 +89,7 @@ def test_a_large_space_gets_a_projected_graph_with_exact_scores(
     cat: Catalog, store: AnnStore, index_dir: Path, large_from_100: None
 ) -> None:
     vectors = skewed(600, seed=4)
-    ids = add(cat, vectors, "a")
+    ids = add_vectors(cat, vectors, "a")
     store.sync(SPACE, DIM, MODEL)
     current = state(cat)
     assert current.rank == DIM // 2
@@ -134,7 +120,7 @@ def test_a_large_space_gets_a_projected_graph_with_exact_scores(
 def test_a_projected_graph_needs_the_vectors(
     cat: Catalog, store: AnnStore, large_from_100: None
 ) -> None:
-    add(cat, skewed(300, seed=6), "a")
+    add_vectors(cat, skewed(300, seed=6), "a")
     store.sync(SPACE, DIM, MODEL)
     loaded = store.load(SPACE, DIM, MODEL)
     assert loaded is not None
@@ -150,7 +136,7 @@ def test_few_candidates_still_rerank_to_the_exact_order(
     re-ranked list is sorted by exact score even where the projection would order it otherwise."""
     monkeypatch.setattr(ann_module, "RERANK", 20)
     vectors = skewed(400, seed=8)
-    ids = add(cat, vectors, "a")
+    ids = add_vectors(cat, vectors, "a")
     store.sync(SPACE, DIM, MODEL)
     loaded = store.load(SPACE, DIM, MODEL)
     assert loaded is not None
@@ -170,7 +156,7 @@ def test_items_gone_from_the_catalog_are_never_returned(
     """The vectors file is a snapshot: files deleted since are still scored by the re-rank, and
     dropped by the search's join to live catalog rows, like hits of an unprojected graph."""
     vectors = skewed(300, seed=10)
-    ids = add(cat, vectors, "a")
+    ids = add_vectors(cat, vectors, "a")
     store.sync(SPACE, DIM, MODEL)
     query = vectors[0]
     victims = exact_top(ids, vectors, query, 5)
@@ -191,15 +177,15 @@ def test_crossing_the_threshold_rebuilds_once_with_a_projection(
     cat: Catalog, store: AnnStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ann_module, "PROJECT_MIN_ITEMS", 200)
-    add(cat, skewed(150, seed=11), "a")
+    add_vectors(cat, skewed(150, seed=11), "a")
     assert store.sync(SPACE, DIM, MODEL) is True  # first build
     assert state(cat).rank == 0
-    add(cat, skewed(100, seed=12), "b")
+    add_vectors(cat, skewed(100, seed=12), "b")
     assert store.sync(SPACE, DIM, MODEL) is True  # crossed 200: rebuilt, projected
     first = state(cat)
     assert first.rank == DIM // 2
     matrix = cat.ann_projection(SPACE, first.generation)
-    add(cat, skewed(10, seed=13), "c")
+    add_vectors(cat, skewed(10, seed=13), "c")
     assert store.sync(SPACE, DIM, MODEL) is False  # a few more: added to the same graph
     second = state(cat)
     assert second.generation == first.generation + 1 and second.rank == DIM // 2
@@ -210,12 +196,12 @@ def test_crossing_the_threshold_rebuilds_once_with_a_projection(
 def test_new_items_outside_the_projection_make_a_new_one(
     cat: Catalog, store: AnnStore, large_from_100: None
 ) -> None:
-    add(cat, skewed(300, seed=14), "a")
+    add_vectors(cat, skewed(300, seed=14), "a")
     store.sync(SPACE, DIM, MODEL)
     old = cat.ann_projection(SPACE, state(cat).generation)
     assert old is not None
     other = skewed(300, seed=15, tail=True)  # their energy lies in the other half
-    ids = add(cat, other, "b")
+    ids = add_vectors(cat, other, "b")
     assert store.sync(SPACE, DIM, MODEL) is True
     current = state(cat)
     assert current.rank == DIM // 2 and current.count == 600 and current.max_id == ids[-1]
@@ -229,10 +215,10 @@ def test_new_items_outside_the_projection_make_a_new_one(
 def test_a_flat_space_is_not_projected_nor_rebuilt_at_every_sync(
     cat: Catalog, store: AnnStore, large_from_100: None
 ) -> None:
-    add(cat, isotropic(300, seed=16), "a")
+    add_vectors(cat, unit_vectors(300, seed=16), "a")
     assert store.sync(SPACE, DIM, MODEL) is True
     assert state(cat).rank == 0
-    add(cat, isotropic(40, seed=17), "b")
+    add_vectors(cat, unit_vectors(40, seed=17), "b")
     assert store.sync(SPACE, DIM, MODEL) is False
     assert state(cat).rank == 0
 
@@ -249,7 +235,7 @@ def assert_noticed_and_rebuilt(store: AnnStore, index_dir: Path, what: str) -> N
 def test_a_lost_projection_is_noticed_and_rebuilt(
     cat: Catalog, store: AnnStore, index_dir: Path, large_from_100: None
 ) -> None:
-    add(cat, skewed(300, seed=18), "a")
+    add_vectors(cat, skewed(300, seed=18), "a")
     store.sync(SPACE, DIM, MODEL)
     with cat.atomic():
         cat.conn.execute("DELETE FROM ann_projections")
@@ -259,7 +245,7 @@ def test_a_lost_projection_is_noticed_and_rebuilt(
 def test_a_state_written_before_projections_reads_as_unprojected(
     cat: Catalog, store: AnnStore
 ) -> None:
-    add(cat, skewed(50, seed=19), "a")
+    add_vectors(cat, skewed(50, seed=19), "a")
     store.sync(SPACE, DIM, MODEL)
     assert cat.get_meta(f"ann.{SPACE}.rank") == "0"
     with cat.atomic():  # what an index written before projections existed holds
@@ -271,7 +257,7 @@ def test_a_state_written_before_projections_reads_as_unprojected(
 
 
 def test_drop_forgets_the_projection(cat: Catalog, store: AnnStore, large_from_100: None) -> None:
-    add(cat, skewed(300, seed=20), "a")
+    add_vectors(cat, skewed(300, seed=20), "a")
     store.sync(SPACE, DIM, MODEL)
     assert cat.conn.execute("SELECT count(*) FROM ann_projections").fetchone()[0] == 1
     store.drop(SPACE)
@@ -282,7 +268,7 @@ def test_drop_forgets_the_projection(cat: Catalog, store: AnnStore, large_from_1
 def test_a_damaged_vectors_file_is_noticed_and_rebuilt(
     cat: Catalog, store: AnnStore, index_dir: Path, large_from_100: None, damage: str
 ) -> None:
-    add(cat, skewed(300, seed=23), "a")
+    add_vectors(cat, skewed(300, seed=23), "a")
     store.sync(SPACE, DIM, MODEL)
     path = index_dir / state(cat).vectors_file
     if damage == "delete":
@@ -297,10 +283,10 @@ def test_a_damaged_vectors_file_is_noticed_and_rebuilt(
 def test_only_the_vectors_file_in_force_is_kept(
     cat: Catalog, store: AnnStore, index_dir: Path, large_from_100: None
 ) -> None:
-    add(cat, skewed(300, seed=24), "a")
+    add_vectors(cat, skewed(300, seed=24), "a")
     store.sync(SPACE, DIM, MODEL)
     first = state(cat)
-    add(cat, skewed(5, seed=25), "b")
+    add_vectors(cat, skewed(5, seed=25), "b")
     store.sync(SPACE, DIM, MODEL)
     second = state(cat)
     assert sorted(p.name for p in index_dir.glob("*.hnsw*")) == sorted(
@@ -314,7 +300,7 @@ def test_only_the_vectors_file_in_force_is_kept(
 
 def test_a_temporary_graph_reranks_from_the_catalog(cat: Catalog, large_from_100: None) -> None:
     vectors = skewed(300, seed=26)
-    ids = add(cat, vectors, "a")
+    ids = add_vectors(cat, vectors, "a")
     ann, max_id = build_from_catalog(cat, SPACE, DIM)
     assert ann.rank == DIM // 2 and max_id == ids[-1]
     labels, scores = ann.search(vectors[7], 3)
@@ -328,7 +314,7 @@ def test_searcher_on_a_projected_space_matches_exact_search(
     cat: Catalog, store: AnnStore, index_dir: Path, large_from_100: None
 ) -> None:
     vectors = skewed(500, seed=21)
-    ids = add(cat, vectors, "a")
+    ids = add_vectors(cat, vectors, "a")
     store.sync(SPACE, DIM, MODEL)
     assert state(cat).rank == DIM // 2
     paths = {h.item_id: h.path for h in cat.hits_for_items(ids).values()}
@@ -354,7 +340,7 @@ def test_mapped_vectors_find_exactly_the_ids_they_hold(
 ) -> None:
     """Both lookups (the dense position table and, for thinly spread ids, the binary search)
     return each held id's own row and nothing for ids absent, below or above the file's."""
-    vectors = isotropic(60, 11)
+    vectors = unit_vectors(60, 11)
     ids, files = [], []
     with cat.atomic():
         for i, vector in enumerate(vectors):
