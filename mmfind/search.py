@@ -29,7 +29,7 @@ import numpy as np
 
 from mmfind import text_towers
 from mmfind.config import DEFAULT_MAX_PIXELS
-from mmfind.encoders.light_text import TowerError
+from mmfind.encoders.light_tower import TowerError
 from mmfind.errors import EmptyIndexError, IndexBusyError, InputError, MediaError, UsageError
 from mmfind.media.kinds import KINDS
 from mmfind.models import Models

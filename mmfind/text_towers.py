@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmfind.encoders.light_text import LightTextEncoder, TowerError, open_light_encoder
+from mmfind.encoders.light_text import LightTextEncoder, open_light_encoder
+from mmfind.encoders.light_tower import TowerError
 from mmfind.encoders.tower_file import TowerFileError, read_header
 from mmfind.spaces import CLIP
 

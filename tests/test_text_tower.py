@@ -3,24 +3,22 @@ giving the vectors (and so the rankings) of the full open_clip model without imp
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from cold_cli import cold_query
 from media_factory import make_photo
 
 from mmfind import text_towers
-from mmfind.encoders import light_text, tower_export, tower_file
+from mmfind.encoders import light_text, numpy_ops, tower_export, tower_file
 from mmfind.encoders.clip_bpe import ClipBpeTokenizer
-from mmfind.encoders.light_text import LightTextEncoder, TowerError, open_light_encoder
+from mmfind.encoders.light_text import TowerError, open_light_encoder
 from mmfind.encoders.presets import load_image_encoder
 from mmfind.encoders.tower_export import ExportRefused, export
 from mmfind.indexer import IndexOptions, run_index
@@ -118,7 +116,7 @@ def test_tokenizer_gives_open_clips_ids() -> None:
 def test_erfc_is_float32_exact() -> None:
     x = np.linspace(-9.0, 9.0, 20001)
     expected = np.array([math.erfc(v) for v in x])
-    assert np.max(np.abs(light_text._erfc(x) - expected) / expected) < 2e-7
+    assert np.max(np.abs(numpy_ops.erfc(x) - expected) / expected) < 2e-7
 
 
 # -- vectors ---------------------------------------------------------------------------------
@@ -157,7 +155,7 @@ def test_export_verifies_before_writing(
     tmp_path: Path, tiny_encoder: Any, monkeypatch: Any
 ) -> None:
     """A NumPy tower that computes something else is caught by the export's own check."""
-    monkeypatch.setattr(LightTextEncoder, "_act", lambda self, x: x / (1 + np.exp(-1.702 * x)))
+    monkeypatch.setattr(light_text, "activation", lambda name, x: x / (1 + np.exp(-1.702 * x)))
     with pytest.raises(ExportRefused, match="differs"):
         export(tiny_encoder, tmp_path / "t")
     assert list(tmp_path.iterdir()) == []
@@ -227,32 +225,13 @@ def test_index_run_exports_and_light_ranking_equals_plain(
 
 def test_cold_cli_query_does_not_import_torch(indexed: tuple[Path, Path, Any]) -> None:
     idx = indexed[0]
-    probe = (
-        "import json, runpy, sys\n"
-        "sys.argv = ['mmfind', 'query', 'a dog on a beach', '--index', sys.argv[1], '--json',"
-        " '--no-server', '-n', '20']\n"
-        "try:\n    runpy.run_module('mmfind', run_name='__main__')\n"
-        "except SystemExit as exc:\n    code = exc.code\n"
-        "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules,"
-        " 'open_clip': 'open_clip' in sys.modules,"
-        " 'decoders': sorted({'av', 'PIL', 'mmfind.indexer'} & set(sys.modules))}),"
-        " file=sys.stderr)\n"
-    )
-
-    def run(env_extra: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
-        env = {**os.environ, **env_extra}
-        done = subprocess.run(
-            [sys.executable, "-c", probe, str(idx)], capture_output=True, text=True, env=env,
-            timeout=120,
-        )  # fmt: skip
-        return json.loads(done.stdout), json.loads(done.stderr.strip().splitlines()[-1])
-
-    light, light_modules = run({})
     # nor the media decoders (PyAV, Pillow): the CLI imports a command's heavy modules lazily
-    assert light_modules == {"code": 0, "torch": False, "open_clip": False, "decoders": []}
-    plain, plain_modules = run({"MMFIND_TEXT_TOWER": "off"})
-    assert plain_modules["torch"] and plain_modules["open_clip"]  # the check can fail
-    assert plain_modules["code"] == 0
+    watched = ["torch", "open_clip", "av", "PIL", "mmfind.indexer"]
+    light, light_run = cold_query(idx, "a dog on a beach", watched)
+    assert light_run == {"code": 0, "imported": []}
+    plain, plain_run = cold_query(idx, "a dog on a beach", watched, {"MMFIND_TEXT_TOWER": "off"})
+    assert {"torch", "open_clip"} <= set(plain_run["imported"])  # the check can fail
+    assert plain_run["code"] == 0
     assert [r["path"] for r in light["results"]] == [r["path"] for r in plain["results"]]
     assert [r["score"] for r in light["results"]] == pytest.approx(
         [r["score"] for r in plain["results"]], abs=1e-5

@@ -1,4 +1,4 @@
-"""Exporting an open_clip model's text tower for mmfind.encoders.light_text.
+"""Exporting a text tower, verified first; here too open_clip's, for mmfind.encoders.light_text.
 
 Only what the NumPy tower reproduces exactly is exported: open_clip's plain CLIP class with its
 standard text transformer (ResidualAttentionBlock: nn.MultiheadAttention, no layer scale, an
@@ -9,10 +9,12 @@ Hugging Face text towers, custom blocks, other pooling) is refused with the reas
 Before anything is written, probe texts (short, long, empty-after-clean-up, non-Latin) are
 tokenized and encoded both ways: the token ids must be identical to open_clip's and the unit
 vectors within VERIFY_TOLERANCE of OpenClipEncoder.encode_texts, or nothing is exported.
+`write_verified` does this for every space's exporter (mmfind.encoders.clap_tower_export too).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,9 @@ import numpy as np
 
 from mmfind.encoders import light_text
 from mmfind.encoders.clip_bpe import CLEAN_LOWER
-from mmfind.encoders.light_text import LightTextEncoder, open_light_encoder, row_crcs
+from mmfind.encoders.light_text import LightTextEncoder
+from mmfind.encoders.light_tower import LightTower
+from mmfind.encoders.numpy_ops import row_crcs
 from mmfind.encoders.tower_file import TowerFile, write_tower
 
 VERIFY_TOLERANCE = 1e-4
@@ -37,6 +41,9 @@ VERIFY_TEXTS = (
     "The Mona Lisa painting in the Louvre, 1503-1519\t\n  tabs and newlines",
     "日本語のテキストと中文文本",
     "mojibake: cafÃ© dÃ©jÃ  vu",
+    "literal specials <s> <pad> </s> <unk> <mask> <|endoftext|> <start_of_text>",
+    "emoji 🙂🐶🏳️‍🌈 👩‍👩‍👧, flags 🇫🇷, zero\u200bwidth, non\u00a0breaking, combining e\u0301",
+    "  leading and trailing whitespace   ",
     " ".join(f"word{i}" for i in range(120)),  # beyond any context length
 )
 
@@ -47,15 +54,45 @@ class ExportRefused(Exception):
 
 def export(encoder: Any, path: Path) -> None:
     """Write `encoder`'s text tower to `path`, verified first; ExportRefused when it cannot."""
-    header, arrays = extract(encoder)
-    candidate = LightTextEncoder(TowerFile(header, arrays, 0))
-    _verify(encoder, candidate)
+
+    def tokens(texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(encoder.tokenizer(list(texts)).numpy())
+
+    write_verified(encoder, path, extract(encoder), LightTextEncoder, tokens, unhashed)
+
+
+def write_verified(
+    encoder: Any,
+    path: Path,
+    tower: tuple[dict[str, Any], dict[str, np.ndarray]],
+    light: type[LightTower],
+    reference_tokens: Callable[[Sequence[str]], np.ndarray],
+    unhashed: Callable[[dict[str, np.ndarray]], list[str]],
+) -> None:
+    """Write the extracted `tower` (header, arrays) to `path` once `light` (the class that
+    runs it) gives the full encoder's token ids (`reference_tokens`: what its `tokenize`
+    must return) and vectors for VERIFY_TEXTS; record the probes' vectors in the header and
+    read the written file back. `unhashed` names the arrays not hashed on each load.
+    ExportRefused when it does not agree."""
+    header, arrays = tower
+    candidate = light(TowerFile(header, arrays, 0))
+    texts = list(VERIFY_TEXTS)
+    light_ids = candidate.tokenize(texts)
+    expected_ids = reference_tokens(texts)
+    require(
+        light_ids.shape == expected_ids.shape and np.array_equal(expected_ids, light_ids),
+        "the tokenizer port gives other token ids",
+    )
+    expected = encoder.encode_texts(texts)
+    got = candidate.forward(light_ids)
+    worst = float(np.max(np.abs(expected - got)))
+    require(worst <= VERIFY_TOLERANCE, f"the NumPy tower differs by {worst:.2e}")
     header["probe"] = {
         "texts": list(LOAD_PROBES),
-        "vectors": candidate.forward(candidate.tokenizer(list(LOAD_PROBES))).tolist(),
+        "vectors": candidate.forward(candidate.tokenize(list(LOAD_PROBES))).tolist(),
     }
     write_tower(path, header, arrays, unhashed=unhashed(arrays))
-    written = open_light_encoder(path, encoder.space, encoder.model_id)
+    written = light.open(path, encoder.space, encoder.model_id)
     written.encode_texts(["written"])  # runs the recorded probes: the file reads back right
 
 
@@ -67,28 +104,28 @@ def extract(encoder: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     from open_clip.transformer import QuickGELU, ResidualAttentionBlock, Transformer
 
     model = encoder.model
-    _require(type(model) is open_clip.model.CLIP, f"{type(model).__name__} is not open_clip CLIP")
-    _require(getattr(model, "text_pool_type", None) == "argmax", "text pooling is not argmax")
-    _require(str(encoder.device) == "cpu", "the model is not on the CPU in fp32")
+    require(type(model) is open_clip.model.CLIP, f"{type(model).__name__} is not open_clip CLIP")
+    require(getattr(model, "text_pool_type", None) == "argmax", "text pooling is not argmax")
+    require(str(encoder.device) == "cpu", "the model is not on the CPU in fp32")
     transformer = model.transformer
-    _require(type(transformer) is Transformer, "a non-standard text transformer")
+    require(type(transformer) is Transformer, "a non-standard text transformer")
     blocks = list(transformer.resblocks)
-    _require(len(blocks) > 0, "a text transformer without blocks")
+    require(len(blocks) > 0, "a text transformer without blocks")
     width = int(transformer.width)
     heads = int(blocks[0].attn.num_heads)
     context = int(model.positional_embedding.shape[0])
     activations = set()
     norms = [model.ln_final]
     for block in blocks:
-        _require(type(block) is ResidualAttentionBlock, "custom residual blocks")
-        _require(not hasattr(block, "ln_1_kv"), "cross-attention blocks")
-        _require(
+        require(type(block) is ResidualAttentionBlock, "custom residual blocks")
+        require(not hasattr(block, "ln_1_kv"), "cross-attention blocks")
+        require(
             type(block.ls_1) is torch.nn.Identity and type(block.ls_2) is torch.nn.Identity,
             "layer scale",
         )
         attn = block.attn
-        _require(type(attn) is torch.nn.MultiheadAttention, "a non-standard attention")
-        _require(
+        require(type(attn) is torch.nn.MultiheadAttention, "a non-standard attention")
+        require(
             attn._qkv_same_embed_dim
             and attn.in_proj_bias is not None
             and attn.bias_k is None
@@ -99,9 +136,9 @@ def extract(encoder: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             "an attention variant",
         )
         parts = [name for name, _ in block.mlp.named_children()]
-        _require(parts == ["c_fc", "gelu", "c_proj"], "an MLP variant")
+        require(parts == ["c_fc", "gelu", "c_proj"], "an MLP variant")
         for linear in (block.mlp.c_fc, block.mlp.c_proj):
-            _require(type(linear) is torch.nn.Linear and linear.bias is not None, "an MLP variant")
+            require(type(linear) is torch.nn.Linear and linear.bias is not None, "an MLP variant")
         act = block.mlp.gelu
         if type(act) is QuickGELU:
             activations.add("quick_gelu")
@@ -110,11 +147,11 @@ def extract(encoder: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         else:
             activations.add(type(act).__name__)
         norms += [block.ln_1, block.ln_2]
-    _require(len(activations) == 1, "mixed activations")
+    require(len(activations) == 1, "mixed activations")
     activation = activations.pop()
-    _require(activation in light_text.ACTIVATIONS, f"the activation {activation}")
+    require(activation in light_text.ACTIVATIONS, f"the activation {activation}")
     eps = {float(n.eps) for n in norms}
-    _require(
+    require(
         len(eps) == 1
         and all(
             isinstance(n, torch.nn.LayerNorm)
@@ -127,22 +164,22 @@ def extract(encoder: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     )
     mask = model.attn_mask
     causal = torch.full((context, context), float("-inf")).triu_(1)
-    _require(
+    require(
         mask is not None and tuple(mask.shape) == (context, context)
         and bool(torch.equal(mask.float().cpu(), causal)),
         "a non-causal attention mask",
     )  # fmt: skip
     tok = encoder.tokenizer
-    _require(type(tok) is SimpleTokenizer, f"the tokenizer {type(tok).__name__}")
-    _require(tok.clean_fn is _clean_lower and tok.reduction_fn is None, "a tokenizer variant")
-    _require(int(tok.context_length) == context, "the tokenizer's context length")
+    require(type(tok) is SimpleTokenizer, f"the tokenizer {type(tok).__name__}")
+    require(tok.clean_fn is _clean_lower and tok.reduction_fn is None, "a tokenizer variant")
+    require(int(tok.context_length) == context, "the tokenizer's context length")
     vocab = [tok.decoder[i] for i in range(len(tok.decoder))]
     merges = [f"{a} {b}" for (a, b), _ in sorted(tok.bpe_ranks.items(), key=lambda e: e[1])]
-    _require(all("\n" not in t for t in vocab + merges), "tokens holding a newline")
+    require(all("\n" not in t for t in vocab + merges), "tokens holding a newline")
     specials = [tok.decoder[i] for i in tok.all_special_ids]
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _require(all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point()),
+    require(all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point()),
              "weights that are not fp32")  # fmt: skip
     arrays: dict[str, np.ndarray] = {
         "token_embedding": state["token_embedding.weight"].numpy(),
@@ -174,27 +211,36 @@ def extract(encoder: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     else:
         kind, dim = "matrix", int(projection.shape[1])
         arrays["text_projection"] = state["text_projection"].numpy()
-    _require(dim == int(encoder.dim), "the text dimension differs from the encoder's")
+    require(dim == int(encoder.dim), "the text dimension differs from the encoder's")
     arrays["tokenizer.vocab"] = np.frombuffer("\n".join(vocab).encode(), dtype=np.uint8)
     arrays["tokenizer.merges"] = np.frombuffer("\n".join(merges).encode(), dtype=np.uint8)
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    header: dict[str, Any] = {
-        "format": light_text.FORMAT,
-        "kind": light_text.KIND,
+    header = tower_header(
+        encoder,
+        LightTextEncoder,
+        dim=dim,
+        width=width,
+        heads=heads,
+        layers=len(blocks),
+        context_length=context,
+        activation=activation,
+        ln_eps=eps.pop(),
+        projection=kind,
+        tokenizer={"kind": "clip-bpe", "clean": CLEAN_LOWER, "specials": specials},
+    )
+    return header, arrays
+
+
+def tower_header(encoder: Any, light: type[LightTower], **fields: Any) -> dict[str, Any]:
+    """A tower file's header: its format and kind (`light`'s), space and model, `fields`."""
+    return {
+        "format": light.FORMAT,
+        "kind": light.KIND,
         "space": encoder.space,
         "model_id": encoder.model_id,
-        "dim": dim,
-        "width": width,
-        "heads": heads,
-        "layers": len(blocks),
-        "context_length": context,
-        "activation": activation,
-        "ln_eps": eps.pop(),
-        "projection": kind,
-        "tokenizer": {"kind": "clip-bpe", "clean": CLEAN_LOWER, "specials": specials},
-        "probe": {"texts": [], "vectors": []},
+        **fields,
+        "probe": {"texts": [], "vectors": []},  # filled in by write_verified
     }
-    return header, arrays
 
 
 def unhashed(arrays: dict[str, np.ndarray]) -> list[str]:
@@ -215,17 +261,6 @@ def unhashed(arrays: dict[str, np.ndarray]) -> list[str]:
     ]
 
 
-def _verify(encoder: Any, candidate: LightTextEncoder) -> None:
-    texts = list(VERIFY_TEXTS)
-    expected_ids = encoder.tokenizer(texts).numpy()
-    light_ids = candidate.tokenizer(texts)
-    _require(np.array_equal(expected_ids, light_ids), "the tokenizer port gives other token ids")
-    expected = encoder.encode_texts(texts)
-    got = candidate.forward(light_ids)
-    worst = float(np.max(np.abs(expected - got)))
-    _require(worst <= VERIFY_TOLERANCE, f"the NumPy tower differs by {worst:.2e}")
-
-
-def _require(condition: bool, what: str) -> None:
+def require(condition: bool, what: str) -> None:
     if not condition:
         raise ExportRefused(f"not exported: {what}")
