@@ -242,7 +242,11 @@ def run_query(
         notes: list[str] = []
         searchers = {s: Searcher(catalog, index_dir, infos[s], ann_cache) for s in targets}
         vectors: dict[str, np.ndarray] = {}
-        light = _light_encoders(index_dir, infos, query, device, encoders) if light_text else {}
+        light = (
+            _light_encoders(index_dir, infos, [s for s, _ in populations], query, device, encoders)
+            if light_text
+            else {}
+        )
         for space, kinds in populations:
             if space not in vectors:
                 vectors[space] = _encode(models, light.get(space), space, query)
@@ -267,19 +271,25 @@ def run_query(
 def _light_encoders(
     index_dir: Path,
     infos: dict[str, SpaceInfo],
+    searched: Sequence[str],
     query: Query,
     device: str,
     preloaded: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The light text encoders this query can use: text only (no --image in the clip space),
-    on the CPU, for spaces whose model the caller did not pass already loaded."""
+    """The light text encoders this query can use: for the spaces it searches, text only (no
+    --image in the clip space, no --audio in the clap space), on the CPU, for spaces whose
+    model the caller did not pass already loaded."""
     if device not in ("auto", "cpu"):
         return {}
     found = {}
-    for space, info in infos.items():
-        if (preloaded and space in preloaded) or (space == CLIP and query.images):
+    for space in dict.fromkeys(searched):
+        if (
+            (preloaded and space in preloaded)
+            or (space == CLIP and query.images)
+            or (space == CLAP and query.audios)
+        ):
             continue
-        encoder = text_towers.light_encoder(index_dir, space, info.model)
+        encoder = text_towers.light_encoder(index_dir, space, infos[space].model)
         if encoder is not None:
             found[space] = encoder
     return found

@@ -1,35 +1,42 @@
 """The light text towers an index keeps beside its catalog, one per space that can have one.
 
 `<index>/<space>.text-tower` holds the text tower of the space's model, exported from the full
-model (see mmfind.encoders.tower_export) while it is loaded anyway: by `mmfind index`, or by a
-query that had to load it. A text-only query then encodes its text with NumPy
-(mmfind.encoders.light_text) instead of importing torch and open_clip and building the model.
+model while it is loaded anyway: by `mmfind index`, or by a query that had to load it. A
+text-only query then encodes its text with NumPy instead of importing torch (and open_clip or
+transformers) and building the model. TOWERS names, per space, the class that runs a tower and
+the module that exports it: the clip space's open_clip text tower (mmfind.encoders.light_text,
+mmfind.encoders.tower_export), the clap space's CLAP text tower
+(mmfind.encoders.light_clap_text, mmfind.encoders.clap_tower_export).
 
 A model whose tower cannot be reproduced exactly is refused once: `<space>.text-tower.refused`
 records the model id and the reason, so neither runs nor queries try it again until the space
 changes model. An export that fails otherwise (a full disk) is retried next time. Neither ever
 fails the run or query that attempted it. `MMFIND_TEXT_TOWER=off` turns both the export and
 the use off.
-
-Only the clip space has an exporter today; a CLAP text tower would be another entry of
-EXPORTABLE with its own exporter and light encoder, found the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmfind.encoders.light_text import LightTextEncoder, open_light_encoder
-from mmfind.encoders.light_tower import TowerError
+from mmfind.encoders.light_clap_text import LightClapTextEncoder
+from mmfind.encoders.light_text import LightTextEncoder
+from mmfind.encoders.light_tower import LightTower, TowerError
 from mmfind.encoders.tower_file import TowerFileError, read_header
-from mmfind.spaces import CLIP
+from mmfind.spaces import CLAP, CLIP
 
-EXPORTABLE = (CLIP,)
+# space -> (the light encoder class, the module whose export(encoder, path) writes its tower)
+TOWERS: dict[str, tuple[type[LightTower], str]] = {
+    CLIP: (LightTextEncoder, "mmfind.encoders.tower_export"),
+    CLAP: (LightClapTextEncoder, "mmfind.encoders.clap_tower_export"),
+}
+EXPORTABLE = tuple(TOWERS)
 SUFFIX = ".text-tower"
 REFUSED_SUFFIX = ".text-tower.refused"
 ENV = "MMFIND_TEXT_TOWER"
@@ -75,10 +82,11 @@ def ensure(index_dir: Path, encoder: Any, *, check_weights: bool = False) -> Tow
     if refused is not None and refused[0] == model:
         return TowerStatus(space, model, REFUSED, refused[1])
     try:
-        from mmfind.encoders.tower_export import ExportRefused, export
+        from mmfind.encoders.tower_export import ExportRefused
 
+        exporter = importlib.import_module(TOWERS[space][1])
         try:
-            export(_cpu_twin(encoder), path)
+            exporter.export(_cpu_twin(encoder), path)
         except ExportRefused as exc:
             _remove(path)  # a tower of an earlier model must not outlive it
             _write_refusal(index_dir, space, model, str(exc))
@@ -103,7 +111,7 @@ def prune(index_dir: Path, models: dict[str, str]) -> None:
             _remove(refusal_path(index_dir, space))
 
 
-def light_encoder(index_dir: Path, space: str, model: str) -> LightTextEncoder | None:
+def light_encoder(index_dir: Path, space: str, model: str) -> LightTower | None:
     """The index's light text encoder for `space` holding `model`, or None (use the full
     model): none exported, turned off, damaged or of another model."""
     if space not in EXPORTABLE or not enabled():
@@ -112,7 +120,7 @@ def light_encoder(index_dir: Path, space: str, model: str) -> LightTextEncoder |
     if not path.exists():
         return None
     try:
-        return open_light_encoder(path, space, model)
+        return _open(path, space, model)
     except TowerError:
         return None
 
@@ -146,10 +154,14 @@ def holds(path: Path, space: str, model: str) -> bool:
 
 def _sound(path: Path, space: str, model: str) -> bool:
     try:
-        open_light_encoder(path, space, model).encode_texts(["a"])  # runs the probes
+        _open(path, space, model).encode_texts(["a"])  # runs the probes
     except TowerError:
         return False
     return True
+
+
+def _open(path: Path, space: str, model: str) -> LightTower:
+    return TOWERS[space][0].open(path, space, model)
 
 
 def read_refusal(index_dir: Path, space: str) -> tuple[str, str] | None:
@@ -173,6 +185,10 @@ def _cpu_twin(encoder: Any) -> Any:
     the light tower reproduces the fp32 model."""
     if str(encoder.device) == "cpu":
         return encoder
+    if encoder.space == CLAP:
+        from mmfind.encoders.audio_presets import load_audio_encoder
+
+        return load_audio_encoder.__wrapped__(encoder.model_id, "cpu")
     from mmfind.encoders.presets import load_image_encoder
 
     return load_image_encoder.__wrapped__(encoder.model_id, "cpu")

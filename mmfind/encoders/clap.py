@@ -35,16 +35,21 @@ class ClapEncoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        tokens = self.tokenizer(
+        tokens = self.tokenize(texts).to(self.device)
+        with torch.inference_mode():
+            out = self.model.get_text_features(**tokens)
+        return _unit(out)
+
+    def tokenize(self, texts: Sequence[str], tensors: str = "pt") -> Any:
+        """The tokenizer's batch for `texts`, as encode_texts gives it to the model (the light
+        CLAP text tower reproduces these settings: mmfind.encoders.light_clap_text)."""
+        return self.tokenizer(
             list(texts),
             padding=True,
             truncation=True,
             max_length=MAX_TEXT_TOKENS,
-            return_tensors="pt",
-        ).to(self.device)
-        with torch.inference_mode():
-            out = self.model.get_text_features(**tokens)
-        return _unit(out)
+            return_tensors=tensors,
+        )
 
     def encode_audio(self, windows: np.ndarray) -> np.ndarray:
         """(N, window_samples) float32 mono at sample_rate -> (N, dim) unit rows."""
