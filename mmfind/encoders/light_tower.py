@@ -14,12 +14,15 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from mmfind.encoders.blas_threads import one_blas_thread
 from mmfind.encoders.tower_file import TowerFile, TowerFileError, read_tower
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; annotations are not evaluated at run time
 
 PROBE_TOLERANCE = 1e-5  # max abs difference of the probes' unit vectors from the recorded ones
 SEEN_LIMIT = 4096  # texts whose vectors an encoder remembers
