@@ -18,9 +18,10 @@ stays available. With one population, `score` is the cosine.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -214,13 +215,15 @@ def run_query(
     encoders: dict[str, Any] | None = None,
     ann_cache: AnnCache | None = None,
     light_text: bool = False,
+    deferred: list[Callable[[], None]] | None = None,
 ) -> Response:
     """Answer a query against the index at index_dir with the models that built it.
 
     `light_text`: a text-only query on the CPU encodes its text with the index's light text
     tower where it has one (see mmfind.text_towers), without loading torch; a query that loads
     the full model exports the tower when it is missing. For cold one-off queries (the CLI);
-    a resident process keeps the full model loaded instead."""
+    a resident process keeps the full model loaded instead. With `deferred`, that export (seconds,
+    once per index) is appended to it for the caller to run after showing the results."""
     validate(query)
     catalog = Catalog.open(index_dir, create=False)
     try:
@@ -262,7 +265,11 @@ def run_query(
             notes.extend(searcher.notes)
         results = _merge(merged, query)
         if light_text:
-            _export_towers(index_dir, models, encoders or {})
+            export = functools.partial(_export_towers, index_dir, models, encoders or {})
+            if deferred is None:
+                export()
+            else:
+                deferred.append(export)
         return Response(results, {s: infos[s].model for s in targets}, targets, calibrated, notes)
     finally:
         catalog.close()

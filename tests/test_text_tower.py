@@ -439,3 +439,38 @@ def test_a_text_and_its_own_not_cancel_out_on_the_light_path(
     query = Query(text="a red car", negatives=["a red car"], not_weight=1.0)
     with pytest.raises(UsageError, match="cancel out"):
         run_query(idx, query, device="cpu", light_text=True)
+
+
+def test_the_cli_shows_results_before_writing_a_missing_tower(
+    indexed: tuple[Path, Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index without a tower (made before towers existed) gets one from its first query,
+    but only after the results are out: the export takes seconds."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from mmfind.cli.app import app
+
+    idx = _copy_index(indexed[0], tmp_path / "idx")
+    path = text_towers.tower_path(idx, "clip")
+    path.unlink()
+    deferred: list[Any] = []
+    run_query(idx, Query(text="a dog on a beach"), device="cpu", light_text=True, deferred=deferred)
+    assert not path.exists() and len(deferred) == 1  # left for the caller ...
+    deferred[0]()
+    assert text_towers.light_encoder(idx, "clip", "test-tiny") is not None  # ... who writes it
+    path.unlink()
+    shown_first: list[bool] = []
+    ensure = text_towers.ensure
+
+    def watching(index_dir: Path, encoder: Any, **kwargs: Any) -> Any:
+        shown_first.append(b"\t" in sys.stdout.buffer.getvalue())  # (CliRunner's BytesIO)
+        return ensure(index_dir, encoder, **kwargs)
+
+    monkeypatch.setattr(text_towers, "ensure", watching)
+    done = CliRunner().invoke(
+        app, ["query", "a dog on a beach", "--index", str(idx), "--no-server", "--device", "cpu"]
+    )
+    assert done.exit_code == 0, done.output
+    assert shown_first == [True] and path.exists()

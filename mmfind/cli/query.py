@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -106,8 +108,9 @@ def query_command(
     )
     index_dir = config.index_dir(index)
     response = ask(index_dir, query) if server else None
+    later: list[Callable[[], None]] = []  # work that need not delay the results
     if response is None:
-        response = run_query(index_dir, query, device=device, light_text=True)
+        response = run_query(index_dir, query, device=device, light_text=True, deferred=later)
     for message in response.notes:
         note(message)
     if json_output:
@@ -118,6 +121,10 @@ def query_command(
         _table(query, response)
     else:
         write_lines(_plain_line(r) for r in response.results)
+    if later:
+        sys.stdout.flush()  # the results first (a pipe would hold them until exit)
+        for task in later:
+            task()
     if not response.results:
         raise typer.Exit(1)
 
