@@ -317,20 +317,23 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _proc_cpu_s(pid: int) -> float:
-    """CPU seconds of a process and of its reaped children (utime, stime, cutime, cstime)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
+    """CPU seconds of a process and of its reaped children (utime, stime, cutime, cstime);
+    0 for a process that ended since it was listed (its parent's cutime/cstime count it)."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return sum(int(x) for x in fields[11:15]) / _TICK
     return 0.0
 
 
 def _system_cpu_s() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine since boot."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
+    """(busy, steal) CPU seconds of the whole machine since boot. Without /proc/stat the
+    harness cannot tell a quiet machine from a busy one, so it stops rather than report 0."""
+    try:
         first = Path("/proc/stat").read_text().splitlines()[0].split()
         user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, first[1:9])
-        return (user + nice + system + irq + softirq) / _TICK, steal / _TICK
-    return 0.0, 0.0
+    except (OSError, ValueError, IndexError) as exc:
+        raise RuntimeError(f"bench needs Linux's /proc/stat to see other load: {exc}") from exc
+    return (user + nice + system + irq + softirq) / _TICK, steal / _TICK
 
 
 class LoadWindow:
