@@ -8,6 +8,8 @@ Checks (each a `Check` with status ok, warning or problem):
   were recorded, loads, holds the recorded element count, and was built with the space's model
   and dimension; whether it is behind the catalog (items added or removed since it was written).
 - ann files: `.hnsw` / `.hnsw.tmp` files no catalog entry names (left by a killed run).
+- text tower:<space>: the light text tower (mmfind.text_towers) opens, holds the space's model
+  and passes its probe texts; a damaged one is removed by a repair (a query rewrites it).
 - roots, failures, last run, writer lock: worth knowing, never damage (warnings at most).
 
 A problem is damage; `repair=True` takes the writer lock and fixes what the catalog can rebuild
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from mmfind import text_towers
 from mmfind.config import CATALOG_NAME
 from mmfind.config import index_dir as index_dir_default
 from mmfind.errors import CatalogError, EmptyIndexError, IndexBusyError
@@ -133,6 +136,9 @@ def diagnose(index_dir: Path, *, full: bool = False) -> DoctorReport:
             for space in spaces or []:
                 check_ann = functools.partial(_check_ann, catalog, index_dir, space.name)
                 _run(report, f"ann:{space.name}", check_ann)
+            for space in spaces or []:
+                if space.name in text_towers.EXPORTABLE:
+                    report.checks.append(_check_text_tower(index_dir, space.name, space.model))
             _run(report, "ann files", lambda: _check_stale_files(catalog, index_dir, holder))
             _run(report, "roots", lambda: _check_roots(catalog))
             _run(report, "failures", lambda: _check_failures(catalog))
@@ -326,6 +332,22 @@ def _check_ann(catalog: Catalog, index_dir: Path, space: str) -> Check:
     return Check(name, OK, summary)
 
 
+def _check_text_tower(index_dir: Path, space: str, model: str) -> Check:
+    """The light text tower (mmfind.text_towers): derived from the model, so a damaged one is
+    removed by a repair and written again by the next query or index run that loads the model."""
+    state, detail = text_towers.health(index_dir, space, model)
+    if state != "damaged":
+        return Check(f"text tower:{space}", OK, detail)
+    return Check(
+        f"text tower:{space}",
+        PROBLEM,
+        f"{detail}; text queries load the full model instead",
+        advice="`mmfind doctor --repair` removes it; the next `mmfind index` or text query "
+        "that loads the model writes a sound one",
+        fix=f"remove-tower:{space}",
+    )
+
+
 def _stale_ann_files(catalog: Catalog, index_dir: Path) -> list[str]:
     keep = AnnStore(catalog, index_dir).in_force()
     return sorted(p.name for p in index_dir.glob("*.hnsw*") if p.name not in keep)
@@ -440,6 +462,11 @@ def _repair(index_dir: Path, report: DoctorReport) -> tuple[list[str], list[str]
                     if rebuilt
                     else f"brought up to date ({items} items)"
                 )
+                done.append(f"{check.name}: {check.repaired}")
+        for check in fixes:
+            if check.fix is not None and check.fix.startswith("remove-tower:"):
+                text_towers.remove(index_dir, check.fix.split(":", 1)[1])
+                check.repaired = "removed; the next index run or text query writes it again"
                 done.append(f"{check.name}: {check.repaired}")
         for check in fixes:
             if check.fix == "remove-stale":

@@ -143,6 +143,31 @@ def describe(index_dir: Path, models: dict[str, str]) -> dict[str, dict[str, Any
     return found
 
 
+def health(index_dir: Path, space: str, model: str) -> tuple[str, str]:
+    """(state, detail) of the space's tower for `mmfind doctor`, read-only: "present" (it opens
+    and its probe texts give the recorded vectors), "absent", "refused", "off" or "damaged"
+    (unreadable, cut short, another model's, or its weights fail the probes)."""
+    path = tower_path(index_dir, space)
+    if not enabled():
+        return OFF, f"{ENV} is off: text queries load the full model"
+    if not path.exists():
+        refused = read_refusal(index_dir, space)
+        if refused is not None and refused[0] == model:
+            return REFUSED, f"not made for {model}: {refused[1]}"
+        return "absent", "none yet: the next index run or text query that loads the model writes it"
+    if not holds(path, space, model):
+        return "damaged", f"{path.name} is unreadable or holds another model than {model}"
+    if not _sound(path, space, model):
+        return "damaged", f"{path.name} fails its checks (damaged weights or tables)"
+    size = path.stat().st_size / 1e6
+    return "present", f"{path.name}: {size:.1f} MB, sound; text queries run without torch"
+
+
+def remove(index_dir: Path, space: str) -> None:
+    """Delete the space's tower (a damaged one: the next query that loads the model rewrites it)."""
+    _remove(tower_path(index_dir, space))
+
+
 def holds(path: Path, space: str, model: str) -> bool:
     """Whether `path` is a tower file (header checked) of `model` in `space`."""
     try:

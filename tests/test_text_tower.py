@@ -474,3 +474,27 @@ def test_the_cli_shows_results_before_writing_a_missing_tower(
     )
     assert done.exit_code == 0, done.output
     assert shown_first == [True] and path.exists()
+
+
+def test_doctor_checks_the_tower_and_a_repair_removes_a_damaged_one(
+    indexed: tuple[Path, Path, Any], tmp_path: Path
+) -> None:
+    from mmfind.doctor import OK, PROBLEM, run_doctor
+
+    idx = _copy_index(indexed[0], tmp_path / "idx")
+    path = text_towers.tower_path(idx, "clip")
+    sound = run_doctor(idx).check("text tower:clip")
+    assert sound is not None and sound.status == OK and "sound" in sound.detail
+    entry = _tower_entry(path, "blocks.0.mlp.c_fc.weight.T")  # not hashed: only probes catch it
+    with open(path, "r+b") as fh:
+        fh.seek(entry["offset"] + 512)
+        fh.write(np.full(128, 5.0, dtype=np.float32).tobytes())
+    report = run_doctor(idx)
+    damaged = report.check("text tower:clip")
+    assert damaged is not None and damaged.status == PROBLEM and not report.healthy
+    repaired = run_doctor(idx, repair=True)
+    after = repaired.check("text tower:clip")
+    assert after is not None and after.status == OK and after.repaired and repaired.healthy
+    assert not path.exists()
+    run_query(idx, Query(text="a dog"), device="cpu", light_text=True)  # loads the model ...
+    assert text_towers.light_encoder(idx, "clip", "test-tiny") is not None  # ... and rewrites it

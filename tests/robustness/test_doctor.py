@@ -20,8 +20,8 @@ from mmfind.indexer import IndexOptions, run_index
 from robustness.helpers import MODEL, REPO_ROOT, cli, one_line_error
 
 CHECKS = [
-    "catalog", "schema", "items", "ann:clip", "ann files", "roots", "failures", "last run",
-    "writer lock",
+    "catalog", "schema", "items", "ann:clip", "text tower:clip", "ann files", "roots", "failures",
+    "last run", "writer lock",
 ]  # fmt: skip
 
 
