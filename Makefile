@@ -40,7 +40,8 @@ clean:
 
 # Benchmarks of issue 5: write bench/results.json and bench/RESULTS.md (inputs generated under
 # bench/corpus/, git-ignored). bench-quick: a few minutes on 2 cores; bench: 1M-vector ANN and
-# larger corpora (about 20 minutes on 2 cores, half of it the 1M ANN build).
+# larger corpora (about 20 minutes on 2 cores, half of it the 1M ANN build; 5-6 minutes
+# once bench/corpus/ holds its inputs).
 bench: install
 	$(PY) -m bench.run --mode full --label "make bench"
 
