@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from mmfind.fsutil import durable_replace
+
 MAGIC = b"mmfind-tower\x00\x00\x00\x01"
 ALIGN = 64
 DIGEST_BYTES = 32
@@ -90,13 +92,10 @@ def write_tower(
                 fh.write(b"\x00" * (entry["offset"] - fh.tell()))
                 fh.write(data.data.cast("B"))
             fh.write(b"\x00" * (full["size"] - fh.tell()))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
 
 
 def read_header(path: Path) -> dict[str, Any]:
@@ -153,11 +152,3 @@ def read_tower(path: Path) -> TowerFile:
 
 def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

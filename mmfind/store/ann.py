@@ -31,9 +31,10 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from mmfind.fsutil import durable_replace
 from mmfind.store import huge_pages
 from mmfind.store.catalog import Catalog
-from mmfind.store.vectors_file import SUFFIX, MappedVectors, durable_replace, write_vectors
+from mmfind.store.vectors_file import SUFFIX, MappedVectors, write_vectors
 
 M = 16
 EF_CONSTRUCTION = 200

@@ -17,22 +17,11 @@ from typing import BinaryIO
 
 import numpy as np
 
+from mmfind.fsutil import durable_replace
 from mmfind.store.catalog import Catalog
 
 SUFFIX = ".vectors"
 TABLE_SPAN_FACTOR = 4  # a position table at most this many entries per id held
-
-
-def durable_replace(tmp: Path, path: Path) -> None:
-    """fsync `tmp`, rename it over `path`, fsync the directory."""
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_vectors(catalog: Catalog, space: str, dim: int, path: Path, *, max_id: int) -> None:
