@@ -26,10 +26,8 @@ MADV_COLLAPSE = 25
 Region = tuple[int, int]  # [start, end) addresses
 
 
-def anonymous_regions(min_bytes: int | None = None) -> set[Region]:
-    """This process's writable anonymous mappings of at least min_bytes (default MIN_BYTES;
-    none off Linux)."""
-    least = MIN_BYTES if min_bytes is None else min_bytes
+def anonymous_regions() -> set[Region]:
+    """This process's writable anonymous mappings of at least MIN_BYTES (none off Linux)."""
     if not sys.platform.startswith("linux"):
         return set()
     regions = set()
@@ -43,7 +41,7 @@ def anonymous_regions(min_bytes: int | None = None) -> set[Region]:
             continue
         start, _, end = fields[0].partition("-")
         lo, hi = int(start, 16), int(end, 16)
-        if hi - lo >= least:
+        if hi - lo >= MIN_BYTES:
             regions.add((lo, hi))
     return regions
 
