@@ -41,6 +41,14 @@ def skewed(n: int, seed: int, *, tail: bool = False) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def synced(cat: Catalog, store: AnnStore, n: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    """`n` skewed vectors added as items and synced: (the vectors, their item ids)."""
+    vectors = skewed(n, seed)
+    ids = add_vectors(cat, vectors, "a")
+    store.sync(SPACE, DIM, MODEL)
+    return vectors, ids
+
+
 @pytest.fixture
 def large_from_100(monkeypatch: pytest.MonkeyPatch) -> None:
     """Spaces of 100 items and more count as large (the real threshold is 200,000)."""
@@ -79,8 +87,7 @@ def test_fit_projection_declines_a_flat_spectrum_or_too_few_vectors() -> None:
 
 
 def test_a_small_space_keeps_its_vectors_as_they_are(cat: Catalog, store: AnnStore) -> None:
-    add_vectors(cat, skewed(150, seed=3), "a")
-    store.sync(SPACE, DIM, MODEL)
+    synced(cat, store, 150, seed=3)
     assert state(cat).rank == 0
     assert cat.ann_projection(SPACE, state(cat).generation) is None
 
@@ -88,9 +95,7 @@ def test_a_small_space_keeps_its_vectors_as_they_are(cat: Catalog, store: AnnSto
 def test_a_large_space_gets_a_projected_graph_with_exact_scores(
     cat: Catalog, store: AnnStore, index_dir: Path, large_from_100: None
 ) -> None:
-    vectors = skewed(600, seed=4)
-    ids = add_vectors(cat, vectors, "a")
-    store.sync(SPACE, DIM, MODEL)
+    vectors, ids = synced(cat, store, 600, seed=4)
     current = state(cat)
     assert current.rank == DIM // 2
     blob = cat.ann_projection(SPACE, current.generation)
@@ -120,8 +125,7 @@ def test_a_large_space_gets_a_projected_graph_with_exact_scores(
 def test_a_projected_graph_needs_the_vectors(
     cat: Catalog, store: AnnStore, large_from_100: None
 ) -> None:
-    add_vectors(cat, skewed(300, seed=6), "a")
-    store.sync(SPACE, DIM, MODEL)
+    synced(cat, store, 300, seed=6)
     loaded = store.load(SPACE, DIM, MODEL)
     assert loaded is not None
     graph_only = AnnIndex(loaded[0].index, DIM, loaded[0].projection)
@@ -135,9 +139,7 @@ def test_few_candidates_still_rerank_to_the_exact_order(
     """With RERANK below the space's size the graph's own (projected) order must not leak: the
     re-ranked list is sorted by exact score even where the projection would order it otherwise."""
     monkeypatch.setattr(ann_module, "RERANK", 20)
-    vectors = skewed(400, seed=8)
-    ids = add_vectors(cat, vectors, "a")
-    store.sync(SPACE, DIM, MODEL)
+    vectors, ids = synced(cat, store, 400, seed=8)
     loaded = store.load(SPACE, DIM, MODEL)
     assert loaded is not None
     ann = loaded[0]
@@ -155,9 +157,7 @@ def test_items_gone_from_the_catalog_are_never_returned(
 ) -> None:
     """The vectors file is a snapshot: files deleted since are still scored by the re-rank, and
     dropped by the search's join to live catalog rows, like hits of an unprojected graph."""
-    vectors = skewed(300, seed=10)
-    ids = add_vectors(cat, vectors, "a")
-    store.sync(SPACE, DIM, MODEL)
+    vectors, ids = synced(cat, store, 300, seed=10)
     query = vectors[0]
     victims = exact_top(ids, vectors, query, 5)
     hits = cat.hits_for_items(victims)
@@ -196,8 +196,7 @@ def test_crossing_the_threshold_rebuilds_once_with_a_projection(
 def test_new_items_outside_the_projection_make_a_new_one(
     cat: Catalog, store: AnnStore, large_from_100: None
 ) -> None:
-    add_vectors(cat, skewed(300, seed=14), "a")
-    store.sync(SPACE, DIM, MODEL)
+    synced(cat, store, 300, seed=14)
     old = cat.ann_projection(SPACE, state(cat).generation)
     assert old is not None
     other = skewed(300, seed=15, tail=True)  # their energy lies in the other half
@@ -235,8 +234,7 @@ def assert_noticed_and_rebuilt(store: AnnStore, index_dir: Path, what: str) -> N
 def test_a_lost_projection_is_noticed_and_rebuilt(
     cat: Catalog, store: AnnStore, index_dir: Path, large_from_100: None
 ) -> None:
-    add_vectors(cat, skewed(300, seed=18), "a")
-    store.sync(SPACE, DIM, MODEL)
+    synced(cat, store, 300, seed=18)
     with cat.atomic():
         cat.conn.execute("DELETE FROM ann_projections")
     assert_noticed_and_rebuilt(store, index_dir, "projection")
@@ -245,8 +243,7 @@ def test_a_lost_projection_is_noticed_and_rebuilt(
 def test_a_state_written_before_projections_reads_as_unprojected(
     cat: Catalog, store: AnnStore
 ) -> None:
-    add_vectors(cat, skewed(50, seed=19), "a")
-    store.sync(SPACE, DIM, MODEL)
+    synced(cat, store, 50, seed=19)
     assert cat.get_meta(f"ann.{SPACE}.rank") == "0"
     with cat.atomic():  # what an index written before projections existed holds
         for key in ("rank", "vectors_file", "vectors_digest"):
@@ -257,8 +254,7 @@ def test_a_state_written_before_projections_reads_as_unprojected(
 
 
 def test_drop_forgets_the_projection(cat: Catalog, store: AnnStore, large_from_100: None) -> None:
-    add_vectors(cat, skewed(300, seed=20), "a")
-    store.sync(SPACE, DIM, MODEL)
+    synced(cat, store, 300, seed=20)
     assert cat.conn.execute("SELECT count(*) FROM ann_projections").fetchone()[0] == 1
     store.drop(SPACE)
     assert cat.conn.execute("SELECT count(*) FROM ann_projections").fetchone()[0] == 0
@@ -268,8 +264,7 @@ def test_drop_forgets_the_projection(cat: Catalog, store: AnnStore, large_from_1
 def test_a_damaged_vectors_file_is_noticed_and_rebuilt(
     cat: Catalog, store: AnnStore, index_dir: Path, large_from_100: None, damage: str
 ) -> None:
-    add_vectors(cat, skewed(300, seed=23), "a")
-    store.sync(SPACE, DIM, MODEL)
+    synced(cat, store, 300, seed=23)
     path = index_dir / state(cat).vectors_file
     if damage == "delete":
         path.unlink()
@@ -283,8 +278,7 @@ def test_a_damaged_vectors_file_is_noticed_and_rebuilt(
 def test_only_the_vectors_file_in_force_is_kept(
     cat: Catalog, store: AnnStore, index_dir: Path, large_from_100: None
 ) -> None:
-    add_vectors(cat, skewed(300, seed=24), "a")
-    store.sync(SPACE, DIM, MODEL)
+    synced(cat, store, 300, seed=24)
     first = state(cat)
     add_vectors(cat, skewed(5, seed=25), "b")
     store.sync(SPACE, DIM, MODEL)
@@ -313,9 +307,7 @@ def test_a_temporary_graph_reranks_from_the_catalog(cat: Catalog, large_from_100
 def test_searcher_on_a_projected_space_matches_exact_search(
     cat: Catalog, store: AnnStore, index_dir: Path, large_from_100: None
 ) -> None:
-    vectors = skewed(500, seed=21)
-    ids = add_vectors(cat, vectors, "a")
-    store.sync(SPACE, DIM, MODEL)
+    vectors, ids = synced(cat, store, 500, seed=21)
     assert state(cat).rank == DIM // 2
     paths = {h.item_id: h.path for h in cat.hits_for_items(ids).values()}
     searcher = Searcher(cat, index_dir, SpaceInfo(SPACE, MODEL, DIM))
