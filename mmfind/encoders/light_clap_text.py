@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mmfind.encoders.light_tower import LightTower, TowerError, text
-from mmfind.encoders.numpy_ops import ACTIVATIONS, activation, attention, layer_norm, unit_rows
+from mmfind.encoders.numpy_ops import ACTIVATIONS, activation, attention, unit_rows
 from mmfind.encoders.tower_file import TowerFile
 
 FORMAT = 1
@@ -93,9 +93,6 @@ class LightClapTextEncoder(LightTower):
         h = pooled @ a["projection.linear1.weight.T"] + a["projection.linear1.bias"]
         h = activation(self.projection_activation, h)
         return unit_rows(h @ a["projection.linear2.weight.T"] + a["projection.linear2.bias"])
-
-    def _norm(self, x: np.ndarray, name: str) -> np.ndarray:
-        return layer_norm(x, self.a[name + ".weight"], self.a[name + ".bias"], self.ln_eps)
 
     # -- checks -------------------------------------------------------------------------------
     def _check_shapes(self) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from mmfind.encoders.clip_bpe import CLEAN_LOWER, ClipBpeTokenizer
 from mmfind.encoders.light_tower import LightTower, TowerError, lines
-from mmfind.encoders.numpy_ops import activation, attention, layer_norm, unit_rows
+from mmfind.encoders.numpy_ops import activation, attention, unit_rows
 from mmfind.encoders.tower_file import TowerFile
 
 FORMAT = 1
@@ -99,9 +99,6 @@ class LightTextEncoder(LightTower):
             if "text_projection.bias" in a:
                 pooled = pooled + a["text_projection.bias"]
         return unit_rows(pooled)
-
-    def _norm(self, x: np.ndarray, name: str) -> np.ndarray:
-        return layer_norm(x, self.a[name + ".weight"], self.a[name + ".bias"], self.ln_eps)
 
     # -- checks -------------------------------------------------------------------------------
     def _check_shapes(self) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from mmfind.encoders.blas_threads import one_blas_thread
+from mmfind.encoders.numpy_ops import layer_norm
 from mmfind.encoders.tower_file import TowerFile, TowerFileError, read_tower
 
 if TYPE_CHECKING:
@@ -117,6 +118,10 @@ class LightTower:
         """What `tokenize` returned -> (n, dim) float32 unit rows."""
         with one_blas_thread():
             return self._forward(tokens)
+
+    def _norm(self, x: np.ndarray, name: str) -> np.ndarray:
+        """The LayerNorm whose weight and bias are the arrays `name`.weight and `name`.bias."""
+        return layer_norm(x, self.a[name + ".weight"], self.a[name + ".bias"], self.ln_eps)
 
     # -- checks ---------------------------------------------------------------------------------
     def _check_rows(self, ids: np.ndarray) -> None:
