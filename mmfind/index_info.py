@@ -69,7 +69,7 @@ def describe(index_dir: Path, *, with_failures: bool = False) -> IndexInfo:
             ann_bytes=ann_bytes,
             last_run=(last[1] or last[0]) if last else None,
             schema=catalog.applied_migrations(),
-            text_towers=dict(text_towers.describe(index_dir, {s.name: s.model for s in spaces})),
+            text_towers=text_towers.describe(index_dir, {s.name: s.model for s in spaces}),
             failure_rows=catalog.failures() if with_failures else [],
         )
     finally:
