@@ -75,7 +75,7 @@ def write_verified(
     read the written file back. `unhashed` names the arrays not hashed on each load.
     ExportRefused when it does not agree."""
     header, arrays = tower
-    candidate = light(TowerFile(header, arrays, 0))
+    candidate = light(TowerFile(header, arrays))
     texts = list(VERIFY_TEXTS)
     light_ids = candidate.tokenize(texts)
     expected_ids = reference_tokens(texts)

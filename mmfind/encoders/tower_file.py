@@ -40,7 +40,6 @@ class TowerFileError(Exception):
 class TowerFile:
     header: dict[str, Any]
     arrays: dict[str, np.ndarray]  # read-only views of one memory map of the file
-    size: int
 
 
 def digest(data: np.ndarray | bytes) -> str:
@@ -147,7 +146,7 @@ def read_tower(path: Path) -> TowerFile:
             arrays[str(entry["name"])] = array
     except (KeyError, TypeError, ValueError) as exc:
         raise TowerFileError(f"{path.name}: bad array table ({exc})") from exc
-    return TowerFile(header, arrays, size)
+    return TowerFile(header, arrays)
 
 
 def _aligned(n: int) -> int:
