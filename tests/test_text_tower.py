@@ -18,7 +18,7 @@ from media_factory import make_photo
 from mmfind import text_towers
 from mmfind.encoders import light_text, numpy_ops, tower_export, tower_file
 from mmfind.encoders.clip_bpe import ClipBpeTokenizer
-from mmfind.encoders.light_text import TowerError, open_light_encoder
+from mmfind.encoders.light_text import LightTextEncoder, TowerError
 from mmfind.encoders.presets import load_image_encoder
 from mmfind.encoders.tower_export import ExportRefused, export
 from mmfind.indexer import IndexOptions, run_index
@@ -123,7 +123,7 @@ def test_erfc_is_float32_exact() -> None:
 
 
 def test_light_vectors_equal_the_full_models(exported: Path, tiny_encoder: Any) -> None:
-    light = open_light_encoder(exported, "clip", "test-tiny")
+    light = LightTextEncoder.open(exported, "clip", "test-tiny")
     texts = TEXTS + _random_texts(60, seed=9)
     expected = tiny_encoder.encode_texts(texts)
     got = light.encode_texts(texts)
@@ -145,7 +145,7 @@ def test_quick_gelu_is_detected_and_honoured(tmp_path: Path) -> None:
     for block in encoder.model.transformer.resblocks:
         block.mlp.gelu = QuickGELU()
     export(encoder, tmp_path / "t")
-    light = open_light_encoder(tmp_path / "t", "clip", "test-tiny")
+    light = LightTextEncoder.open(tmp_path / "t", "clip", "test-tiny")
     assert light.activation == "quick_gelu"
     expected = encoder.encode_texts(TEXTS)
     assert float(np.max(np.abs(light.encode_texts(TEXTS) - expected))) < 2e-6
@@ -266,7 +266,7 @@ def test_damaged_tower_falls_back_to_the_full_model(
             fh.seek(entry["offset"] + 1024)
             fh.write(np.full(256, 3.0, dtype=np.float32).tobytes())
     elif damage == "embedding row":  # the row of a token of this very query
-        tokens = open_light_encoder(path, "clip", "test-tiny").tokenizer([query.text or ""])
+        tokens = LightTextEncoder.open(path, "clip", "test-tiny").tokenizer([query.text or ""])
         entry = _tower_entry(path, "token_embedding")
         with open(path, "r+b") as fh:
             fh.seek(entry["offset"] + int(tokens[0, 2]) * 64 * 4)
@@ -292,14 +292,14 @@ def test_damaged_tower_falls_back_to_the_full_model(
         tower_file.write_tower(path, header, copies, unhashed=tower_export.unhashed(copies))
     if damage in ("layer", "embedding row"):
         with pytest.raises(TowerError):
-            open_light_encoder(path, "clip", "test-tiny").encode_texts([query.text or ""])
+            LightTextEncoder.open(path, "clip", "test-tiny").encode_texts([query.text or ""])
     else:
         assert text_towers.light_encoder(idx, "clip", "test-tiny") is None
     got = run_query(idx, query, device="cpu", light_text=True)
     assert [r.hit.path for r in got.results] == [r.hit.path for r in expected.results]
     assert [r.score for r in got.results] == pytest.approx([r.score for r in expected.results])
     # the query that had to load the full model wrote a sound tower in its place
-    healed = open_light_encoder(path, "clip", "test-tiny")
+    healed = LightTextEncoder.open(path, "clip", "test-tiny")
     healed.encode_texts(["checked against the probes"])
 
 
@@ -408,7 +408,7 @@ def test_default_architecture_text_tower(tmp_path: Path) -> None:
         model = open_clip.create_model("ViT-B-32-256", pretrained=None, device="cpu")
     encoder = OpenClipEncoder(model, open_clip.get_tokenizer("ViT-B-32-256"), "arch-test", "cpu")
     export(encoder, tmp_path / "t")
-    light = open_light_encoder(tmp_path / "t", "clip", "arch-test")
+    light = LightTextEncoder.open(tmp_path / "t", "clip", "arch-test")
     assert (light.width, light.layers, light.context_length, light.activation) == (
         512, 12, 77, "gelu"
     )  # fmt: skip

@@ -20,7 +20,6 @@ tower shares (mmfind.encoders.light_tower).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -136,8 +135,3 @@ class LightTextEncoder(LightTower):
         elif self.projection != "none" or self.dim != w:
             raise TowerError(f"unknown text projection {self.projection!r}")
         self._check_arrays(want)
-
-
-def open_light_encoder(path: Path, space: str, model_id: str) -> LightTextEncoder:
-    """The open_clip tower at `path`, if it is intact and holds `model_id`'s text tower."""
-    return LightTextEncoder.open(path, space, model_id)
