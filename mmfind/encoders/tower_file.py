@@ -21,7 +21,7 @@ import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -101,34 +101,41 @@ def read_header(path: Path) -> dict[str, Any]:
     """The checked header alone (no array is touched)."""
     try:
         with open(path, "rb") as fh:
-            if fh.read(len(MAGIC)) != MAGIC:
-                raise TowerFileError(f"{path.name} is not a text-tower file of this version")
-            length = int.from_bytes(fh.read(8), "little")
-            if length > 16 << 20:
-                raise TowerFileError(f"{path.name}: implausible header length")
-            encoded = fh.read(length)
-            stored = fh.read(DIGEST_BYTES)
-            size = os.fstat(fh.fileno()).st_size
+            return _read_header(fh, path.name)
     except OSError as exc:
         raise TowerFileError(f"{path.name}: {exc.strerror or exc}") from exc
+
+
+def _read_header(fh: BinaryIO, name: str) -> dict[str, Any]:
+    if fh.read(len(MAGIC)) != MAGIC:
+        raise TowerFileError(f"{name} is not a text-tower file of this version")
+    length = int.from_bytes(fh.read(8), "little")
+    if length > 16 << 20:
+        raise TowerFileError(f"{name}: implausible header length")
+    encoded = fh.read(length)
+    stored = fh.read(DIGEST_BYTES)
+    size = os.fstat(fh.fileno()).st_size
     if hashlib.blake2b(encoded, digest_size=DIGEST_BYTES).digest() != stored:
-        raise TowerFileError(f"{path.name}: the header is damaged")
+        raise TowerFileError(f"{name}: the header is damaged")
     header: dict[str, Any] = json.loads(encoded)
     if header.get("size") != size:
-        raise TowerFileError(f"{path.name}: {size} bytes, its header says {header.get('size')}")
+        raise TowerFileError(f"{name}: {size} bytes, its header says {header.get('size')}")
     return header
 
 
 def read_tower(path: Path) -> TowerFile:
     """The header and every array, memory-mapped read-only; the `hashed` arrays checked."""
-    header = read_header(path)
+    try:
+        with open(path, "rb") as fh:  # one open for the header and the mapping
+            header = _read_header(fh, path.name)
+            try:  # one mapping for all arrays (a np.memmap each: ~0.3 ms)
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError) as exc:
+                raise TowerFileError(f"{path.name}: cannot be mapped ({exc})") from exc
+    except OSError as exc:
+        raise TowerFileError(f"{path.name}: {exc.strerror or exc}") from exc
     size = int(header["size"])
     arrays: dict[str, np.ndarray] = {}
-    try:
-        with open(path, "rb") as fh:  # one mapping for all arrays (a np.memmap each: ~0.3 ms)
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as exc:
-        raise TowerFileError(f"{path.name}: cannot be mapped ({exc})") from exc
     if len(mapped) != size:
         raise TowerFileError(f"{path.name}: changed while it was opened")
     try:
@@ -136,10 +143,9 @@ def read_tower(path: Path) -> TowerFile:
             dtype = np.dtype(entry["dtype"])
             shape = tuple(int(n) for n in entry["shape"])
             offset = int(entry["offset"])
-            nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-            if offset < 0 or offset + nbytes > size or dtype.kind not in "fiu":
-                raise TowerFileError(f"{path.name}: array {entry['name']} lies outside the file")
             count = int(np.prod(shape, dtype=np.int64))
+            if offset < 0 or offset + dtype.itemsize * count > size or dtype.kind not in "fiu":
+                raise TowerFileError(f"{path.name}: array {entry['name']} lies outside the file")
             array = np.frombuffer(mapped, dtype=dtype, count=count, offset=offset).reshape(shape)
             if entry["hashed"] is not False and digest(array) != entry["digest"]:
                 raise TowerFileError(f"{path.name}: array {entry['name']} is damaged")
