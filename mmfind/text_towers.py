@@ -200,9 +200,11 @@ def read_refusal(index_dir: Path, space: str) -> tuple[str, str] | None:
 def _write_refusal(index_dir: Path, space: str, model: str, reason: str) -> None:
     path = refusal_path(index_dir, space)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(OSError):
+    try:
         tmp.write_text(json.dumps({"model": model, "reason": reason}), encoding="utf-8")
         os.replace(tmp, path)
+    except OSError:  # unrecorded, the refusal costs one more export attempt next time
+        _remove(tmp)
 
 
 def _cpu_twin(encoder: Any) -> Any:
