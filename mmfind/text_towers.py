@@ -172,7 +172,7 @@ def holds(path: Path, space: str, model: str) -> bool:
     """Whether `path` is a tower file (header checked) of `model` in `space`."""
     try:
         header = read_header(path)
-    except (TowerFileError, ValueError):
+    except TowerFileError:
         return False
     return header.get("model_id") == model and header.get("space") == space
 

@@ -71,7 +71,7 @@ class LightTower:
         """The tower at `path`, if it is intact and holds `model_id`'s text tower for `space`."""
         try:
             tower = read_tower(path)
-        except (TowerFileError, ValueError) as exc:
+        except TowerFileError as exc:
             raise TowerError(str(exc)) from exc
         if tower.header.get("model_id") != model_id or tower.header.get("space") != space:
             raise TowerError(f"the tower holds {tower.header.get('model_id')}, not {model_id}")

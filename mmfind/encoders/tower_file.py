@@ -117,7 +117,12 @@ def _read_header(fh: BinaryIO, name: str) -> dict[str, Any]:
     size = os.fstat(fh.fileno()).st_size
     if hashlib.blake2b(encoded, digest_size=DIGEST_BYTES).digest() != stored:
         raise TowerFileError(f"{name}: the header is damaged")
-    header: dict[str, Any] = json.loads(encoded)
+    try:
+        header = json.loads(encoded)
+    except ValueError as exc:
+        raise TowerFileError(f"{name}: the header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise TowerFileError(f"{name}: the header is not a JSON object")
     if header.get("size") != size:
         raise TowerFileError(f"{name}: {size} bytes, its header says {header.get('size')}")
     return header
