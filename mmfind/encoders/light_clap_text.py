@@ -54,7 +54,11 @@ class LightClapTextEncoder(LightTower):
         if not {self.activation, self.projection_activation} <= set(ACTIVATIONS):
             raise TowerError("a tower this version cannot run")
         self._check_shapes()
-        self.tokenizer = _backend_tokenizer(text(self.a["tokenizer.json"]), tok)
+        try:
+            json_text = text(self.a["tokenizer.json"])
+        except (KeyError, UnicodeDecodeError) as exc:
+            raise TowerError(f"the tower's tokenizer cannot be read ({exc!r})") from exc
+        self.tokenizer = _backend_tokenizer(json_text, tok)
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)

@@ -46,20 +46,22 @@ class LightTextEncoder(LightTower):
         try:
             self.context_length = int(header["context_length"])
             self.projection = str(header["projection"])
-            tok = header["tokenizer"]
+            tok = dict(header["tokenizer"])
+            specials = [str(s) for s in tok["specials"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise TowerError(f"bad tower header ({exc})") from exc
         if self.activation not in ACTIVATIONS or tok.get("clean") != CLEAN_LOWER:
             raise TowerError("a tower this version cannot run")
         self._check_shapes()
-        vocab = lines(self.a["tokenizer.vocab"])
-        merges = lines(self.a["tokenizer.merges"])
+        try:
+            vocab = lines(self.a["tokenizer.vocab"])
+            merges = lines(self.a["tokenizer.merges"])
+        except (KeyError, UnicodeDecodeError) as exc:
+            raise TowerError(f"the tower's tokenizer cannot be read ({exc!r})") from exc
         if len(vocab) != self.a["token_embedding"].shape[0]:
             raise TowerError("the tokenizer does not match the embedding table")
         try:
-            self.tokenizer = ClipBpeTokenizer(
-                vocab, merges, [str(s) for s in tok["specials"]], self.context_length
-            )
+            self.tokenizer = ClipBpeTokenizer(vocab, merges, specials, self.context_length)
         except ValueError as exc:
             raise TowerError(str(exc)) from exc
         mask = np.triu(np.full((self.context_length,) * 2, -np.inf, dtype=np.float32), 1)
