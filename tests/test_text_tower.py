@@ -15,7 +15,7 @@ import torch
 from cold_cli import cold_query
 from media_factory import make_photo
 
-from mmfind import text_towers
+from mmfind import fsutil, text_towers
 from mmfind.encoders import light_text, numpy_ops, tower_export, tower_file
 from mmfind.encoders.clip_bpe import ClipBpeTokenizer
 from mmfind.encoders.light_text import LightTextEncoder, TowerError
@@ -361,7 +361,7 @@ def test_tower_write_is_atomic(
     def crash(*args: Any) -> None:
         raise OSError(5, "I/O error")
 
-    monkeypatch.setattr(tower_file.os, "replace", crash)
+    monkeypatch.setattr(fsutil.os, "replace", crash)  # the rename write_tower ends with
     with pytest.raises(OSError):
         tower_file.write_tower(path, {**tower.header, "model_id": "other"}, arrays)
     assert path.read_bytes() == before
