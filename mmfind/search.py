@@ -252,7 +252,7 @@ def run_query(
         )
         for space, kinds in populations:
             if space not in vectors:
-                vectors[space] = _encode(models, light.get(space), space, query)
+                vectors[space] = _encode(models, light.get(space), space, query, notes)
             scoped = replace(query, kinds=kinds)
             scored = searchers[space].search(vectors[space], scoped, exclude=exclude)
             mean, std = (
@@ -302,10 +302,14 @@ def _light_encoders(
     return found
 
 
-def _encode(models: Models, light: Any | None, space: str, query: Query) -> np.ndarray:
+def _encode(
+    models: Models, light: Any | None, space: str, query: Query, notes: list[str]
+) -> np.ndarray:
     if light is not None:
-        with contextlib.suppress(TowerError):  # damaged weights: the full model answers
+        try:
             return query_vector(light, space, query)
+        except TowerError as exc:  # damaged weights: the full model answers (and rewrites it)
+            notes.append(f"the {space} text tower failed its checks ({exc}); used the full model")
     return query_vector(models.encoder(space, declare=False), space, query)
 
 

@@ -296,6 +296,9 @@ def test_damaged_tower_falls_back_to_the_full_model(
     else:
         assert text_towers.light_encoder(idx, "clip", "test-tiny") is None
     got = run_query(idx, query, device="cpu", light_text=True)
+    # a tower that fails only when used says so (one that does not open is never tried)
+    noted = any("text tower failed its checks" in n for n in got.notes)
+    assert noted == (damage in ("layer", "embedding row"))
     assert [r.hit.path for r in got.results] == [r.hit.path for r in expected.results]
     assert [r.score for r in got.results] == pytest.approx([r.score for r in expected.results])
     # the query that had to load the full model wrote a sound tower in its place
